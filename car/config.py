@@ -1,0 +1,260 @@
+"""Config v2: RepoConfig and HubConfig, their defaults, lookup and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Tuple, Union
+
+import yaml
+
+from car.errors import ConfigError
+from car.layout import CAR_DIR, CONFIG_NAME
+
+VERSION = 2
+DEFAULT_CODEX_ARGS = ["exec", "--dangerously-bypass-approvals-and-sandbox", "--json", "-"]
+
+
+@dataclass(frozen=True)
+class DocsConfig:
+    todo: str = f"{CAR_DIR}/TODO.md"
+    progress: str = f"{CAR_DIR}/PROGRESS.md"
+    opinions: str = f"{CAR_DIR}/OPINIONS.md"
+    spec: str = f"{CAR_DIR}/SPEC.md"
+
+
+@dataclass(frozen=True)
+class CodexConfig:
+    binary: str = "codex"
+    args: List[str] = field(default_factory=lambda: list(DEFAULT_CODEX_ARGS))
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    prev_run_max_chars: int = 6000
+    template: str = f"{CAR_DIR}/prompt.txt"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    sleep_seconds: float = 5
+    stop_after_runs: Optional[int] = None
+    max_wallclock_seconds: Optional[float] = None
+    kill_grace_seconds: float = 10
+    run_timeout_seconds: Optional[float] = 14400
+    idle_timeout_seconds: Optional[float] = 1800
+    no_progress_runs: Optional[int] = 3
+
+
+@dataclass(frozen=True)
+class GitConfig:
+    auto_commit: bool = False
+    commit_message_template: str = "[codex] run #{run_id}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 4173
+    base_path: str = ""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    path: str = f"{CAR_DIR}/codex-autorunner.log"
+    max_bytes: int = 10_000_000
+    backup_count: int = 3
+
+
+@dataclass(frozen=True)
+class HubSection:
+    repos_root: str = "."
+    manifest: str = f"{CAR_DIR}/manifest.yml"
+    discover_depth: int = 1
+    auto_init_missing: bool = True
+    log: LogConfig = field(default_factory=lambda: LogConfig(path=f"{CAR_DIR}/codex-autorunner-hub.log"))
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """A repo's config; `root` is the directory holding .codex-autorunner/."""
+
+    root: Path
+    docs: DocsConfig = field(default_factory=DocsConfig)
+    codex: CodexConfig = field(default_factory=CodexConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    git: GitConfig = field(default_factory=GitConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    warnings: Tuple[str, ...] = ()
+
+    def resolve(self, relative: str) -> Path:
+        return (self.root / relative).resolve() if not Path(relative).is_absolute() else Path(relative)
+
+    def doc_path(self, kind: str) -> Path:
+        return self.resolve(getattr(self.docs, kind))
+
+    @property
+    def log_path(self) -> Path:
+        return self.resolve(self.log.path)
+
+    @property
+    def template_path(self) -> Path:
+        return self.resolve(self.prompt.template)
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    root: Path
+    hub: HubSection = field(default_factory=HubSection)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    warnings: Tuple[str, ...] = ()
+
+    @property
+    def repos_root(self) -> Path:
+        return (self.root / self.hub.repos_root).resolve()
+
+    @property
+    def manifest_path(self) -> Path:
+        return (self.root / self.hub.manifest).resolve()
+
+    @property
+    def log_path(self) -> Path:
+        return (self.root / self.hub.log.path).resolve()
+
+
+AnyConfig = Union[RepoConfig, HubConfig]
+_SECTIONS = {"repo": RepoConfig, "hub": HubConfig}
+_META_FIELDS = {"root", "warnings"}
+
+
+def find_config(start: Path) -> Optional[Path]:
+    """The nearest .codex-autorunner/config.yml walking up from `start`."""
+    start = start.resolve()
+    for d in (start, *start.parents):
+        candidate = d / CAR_DIR / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def default_data(mode: str) -> dict[str, Any]:
+    """The full default config of a mode as plain YAML-ready data."""
+    cls = _SECTIONS[mode]
+    data: dict[str, Any] = {"version": VERSION, "mode": mode}
+    for f in dataclasses.fields(cls):
+        if f.name not in _META_FIELDS:
+            data[f.name] = dataclasses.asdict(f.default_factory())  # type: ignore[misc]
+    return data
+
+
+def load_config(path: Path) -> AnyConfig:
+    """Read and validate one config.yml; every problem is a ConfigError naming file and key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None:
+            problem += f" ({context} started at line {context_mark.line + 1})"
+        raise ConfigError(f"{where}: invalid YAML: {problem}; fix the file or run `car init --force`") from exc
+    return parse_config(data, path, node)
+
+
+def parse_config(data: Any, path: Path, node: Any = None) -> AnyConfig:
+    checker = _Checker(path, node)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise checker.error([], "expected a mapping of settings", data)
+    version = data.get("version", VERSION)
+    if version != VERSION:
+        raise checker.error(["version"], f"expected {VERSION} (this car reads config v{VERSION} only)", version)
+    mode = data.get("mode", "repo")
+    if mode not in _SECTIONS:
+        raise checker.error(["mode"], "expected 'repo' or 'hub'", mode)
+    root = path.resolve().parent.parent
+    body = {k: v for k, v in data.items() if k not in ("version", "mode")}
+    values = checker.build(_SECTIONS[mode], body, [], skip=_META_FIELDS)
+    return _SECTIONS[mode](root=root, warnings=tuple(checker.warnings), **values)
+
+
+class _Checker:
+    """Builds dataclasses from YAML data, checking each key's type against its field."""
+
+    def __init__(self, path: Path, node: Any) -> None:
+        self.path, self.node, self.warnings = path, node, []  # type: ignore[var-annotated]
+
+    def build(self, cls: type, data: dict, keys: list[str], skip: set[str] = frozenset()) -> dict:  # type: ignore[assignment]
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+        for key in data:
+            if key not in names:
+                self.warnings.append(f"{self.path}: unknown key {'.'.join([*keys, str(key)])} (kept, not used)")
+        defaults = {f.name: f.default_factory for f in dataclasses.fields(cls)
+                    if f.default_factory is not dataclasses.MISSING}  # type: ignore[misc]
+        out = {}
+        for name in names:
+            if name in data:
+                default = defaults[name]() if name in defaults else None
+                out[name] = self.convert(hints[name], data[name], [*keys, name], default)
+        return out
+
+    def convert(self, hint: Any, value: Any, keys: list[str], default: Any = None) -> Any:
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin is Union:
+            if value is None and type(None) in args:
+                return None
+            hint = next(a for a in args if a is not type(None))
+            origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise self.error(keys, "expected a mapping", value)
+            # merge into the field's own default, so a partial hub.log keeps the hub log's path
+            return dataclasses.replace(default, **self.build(hint, value, keys))
+        if origin in (list, List):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.error(keys, "expected a list of strings", value)
+            return list(value)
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise self.error(keys, "expected true or false", value)
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self.error(keys, "expected a whole number >= 0", value)
+            return value
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise self.error(keys, "expected a number >= 0", value)
+            return float(value)
+        if hint is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise self.error(keys, "expected a string", value)
+            return str(value)
+        raise AssertionError(f"unhandled config type {hint!r}")
+
+    def error(self, keys: list[str], expected: str, value: Any) -> ConfigError:
+        line = self._line(keys)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        key = ".".join(keys) or "(top level)"
+        shown = "null" if value is None else repr(value)
+        return ConfigError(f"{where}: {key}: {expected}, got {shown}")
+
+    def _line(self, keys: list[str]) -> Optional[int]:
+        node = self.node
+        for key in keys:
+            if not isinstance(node, yaml.MappingNode):
+                return None
+            node = next((v for k, v in node.value if k.value == key), None)
+        return None if node is None or not keys else node.start_mark.line + 1

@@ -1,0 +1,57 @@
+"""The errors car expects and can explain; anything else is a bug."""
+
+from __future__ import annotations
+
+
+class CarError(Exception):
+    """An error with a message a user can act on."""
+
+    exit_code, http_status, code = 1, 500, "error"
+
+
+class ConfigError(CarError):
+    exit_code, http_status, code = 2, 400, "config_error"
+
+
+class UsageError(CarError):
+    """A command run in the wrong place or with the wrong arguments."""
+
+    exit_code, http_status, code = 2, 400, "usage_error"
+
+
+class BadRequest(CarError):
+    exit_code, http_status, code = 2, 400, "bad_request"
+
+
+class NotFound(CarError):
+    http_status, code = 404, "not_found"
+
+
+class Conflict(CarError):
+    """Already running, a stale etag: the request clashes with the current state."""
+
+    http_status, code = 409, "conflict"
+
+
+class LockError(Conflict):
+    code = "locked"
+
+
+class AgentError(CarError):
+    """The agent cannot be started (binary missing, not executable)."""
+
+    http_status, code = 400, "agent_error"
+
+
+class StateError(CarError):
+    """A state file on disk cannot be read; it is left as it is."""
+
+    code = "state_error"
+
+
+class ManifestError(CarError):
+    exit_code, http_status, code = 2, 500, "manifest_error"
+
+
+class InitError(CarError):
+    code = "init_error"

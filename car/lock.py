@@ -1,0 +1,129 @@
+"""The per-repo and per-hub PID lock: O_EXCL create, owner pid + start time, stale detection."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from car.errors import LockError
+from car.files import write_json
+from car.state import utc_now
+from car.status import LockStatus
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    status: LockStatus
+    pid: Optional[int] = None
+    pid_started: Optional[str] = None
+    started_at: Optional[str] = None
+    agent_pgid: Optional[int] = None
+    run_token: Optional[str] = None
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks since boot (Linux); None where /proc is absent."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: fields start after the last ')'
+    fields = raw[raw.rindex(")") + 2:].split()
+    return fields[19] if fields[0] != "Z" else "zombie"
+
+
+def is_alive(pid: int, pid_started: Optional[str] = None) -> bool:
+    """True if `pid` runs and is the same process that wrote `pid_started`."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = process_start_time(pid)
+    if started == "zombie":
+        return False
+    return pid_started is None or started is None or started == pid_started
+
+
+def inspect_lock(path: Path) -> LockInfo:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        pid = int(data["pid"])
+    except FileNotFoundError:
+        return LockInfo(LockStatus.UNLOCKED)
+    except (ValueError, KeyError, TypeError):
+        # half-written or hand-edited: nobody can own it, so it reads as stale
+        return LockInfo(LockStatus.LOCKED_STALE)
+    alive = is_alive(pid, data.get("pid_started"))
+    return LockInfo(
+        LockStatus.LOCKED_ALIVE if alive else LockStatus.LOCKED_STALE,
+        pid=pid,
+        pid_started=data.get("pid_started"),
+        started_at=data.get("started_at"),
+        agent_pgid=data.get("agent_pgid"),
+        run_token=data.get("run_token"),
+    )
+
+
+def lock_held_message(path: Path, info: LockInfo) -> str:
+    if info.status is LockStatus.LOCKED_STALE:
+        who = f"dead pid {info.pid}" if info.pid else "an unreadable owner"
+        return (f"{path} is a stale lock left by {who}; "
+                f"run `car resume` to clear it and continue")
+    return (f"{path} is held by pid {info.pid} (running since {info.started_at}); "
+            f"stop it with `car stop` or wait for it")
+
+
+def acquire_lock(path: Path) -> LockInfo:
+    """Create the lock for this process or raise LockError naming the holder."""
+    pid = os.getpid()
+    body = {"pid": pid, "pid_started": process_start_time(pid), "started_at": utc_now(),
+            "host": socket.gethostname(), "agent_pgid": None, "run_token": None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        info = inspect_lock(path)
+        if info.status is LockStatus.UNLOCKED:  # vanished between the two calls
+            return acquire_lock(path)
+        raise LockError(lock_held_message(path, info)) from None
+    with os.fdopen(fd, "w") as fh:
+        json.dump(body, fh)
+    return inspect_lock(path)
+
+
+def update_lock(path: Path, agent_pgid: Optional[int], run_token: Optional[str]) -> None:
+    """Record the current agent's group and run marker, so `car kill` elsewhere can reach it."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("pid") != os.getpid():
+        return
+    data.update(agent_pgid=agent_pgid, run_token=run_token)
+    write_json(path, data)
+
+
+def release_lock(path: Path) -> None:
+    """Remove the lock only if this process owns it."""
+    info = inspect_lock(path)
+    if info.pid == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def clear_stale_lock(path: Path) -> bool:
+    """Remove a stale lock (resume); a live one raises LockError and is left alone."""
+    info = inspect_lock(path)
+    if info.status is LockStatus.UNLOCKED:
+        return False
+    if info.status is LockStatus.LOCKED_ALIVE:
+        raise LockError(lock_held_message(path, info))
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

@@ -1,0 +1,176 @@
+"""The agent as a process: its own session, prompt on stdin from a file, lines out, ended whole."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional, Union
+
+from car.errors import AgentError
+
+TOKEN_VAR = "CAR_RUN_TOKEN"
+MAX_LINE_BYTES = 64 * 1024
+
+
+class Event:
+    """Non-line items the reader queue carries."""
+
+    EOF = "eof"          # stdout closed
+    EXITED = "exited"    # the leader process ended
+    INTERRUPT = "interrupt"  # someone asked to end the run (kill, shutdown)
+
+
+def resolve_binary(binary: str, cwd: Path) -> str:
+    """The agent's executable, or AgentError naming the config key to change."""
+    if os.sep in binary or (os.altsep and os.altsep in binary):
+        path = Path(binary) if Path(binary).is_absolute() else cwd / binary
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+        problem = "is not executable" if path.is_file() else "does not exist"
+        raise AgentError(f"agent binary {path} {problem}; set codex.binary in the repo's "
+                         f".codex-autorunner/config.yml to the agent's path")
+    found = shutil.which(binary)
+    if not found:
+        raise AgentError(f"agent binary '{binary}' not found on PATH; install it or set "
+                         f"codex.binary in the repo's .codex-autorunner/config.yml")
+    return found
+
+
+class AgentProcess:
+    """One run of the agent. Lines, exit and interrupts arrive on one queue (no polling)."""
+
+    def __init__(self, popen: subprocess.Popen, token: str) -> None:
+        self.popen, self.token = popen, token
+        self.items: "queue.Queue[Union[str, tuple]]" = queue.Queue()
+        self._threads = [threading.Thread(target=self._read, daemon=True, name=f"agent-out-{popen.pid}"),
+                         threading.Thread(target=self._wait, daemon=True, name=f"agent-wait-{popen.pid}")]
+        for t in self._threads:
+            t.start()
+
+    @classmethod
+    def spawn(cls, argv: List[str], cwd: Path, prompt_path: Path) -> AgentProcess:
+        token = secrets.token_hex(12)
+        env = dict(os.environ, **{TOKEN_VAR: token})
+        with prompt_path.open("rb") as stdin:  # a file: no argv limit, and EOF so exec never waits
+            try:
+                popen = subprocess.Popen(argv, cwd=cwd, stdin=stdin, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            except OSError as exc:
+                raise AgentError(f"cannot start agent {argv[0]}: {exc.strerror}; check codex.binary "
+                                 f"in the repo's .codex-autorunner/config.yml") from exc
+        return cls(popen, token)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _read(self) -> None:
+        stdout = self.popen.stdout
+        assert stdout is not None
+        for raw in iter(lambda: stdout.readline(MAX_LINE_BYTES), b""):
+            self.items.put(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        stdout.close()
+        self.items.put((Event.EOF,))
+
+    def _wait(self) -> None:
+        self.popen.wait()
+        self.items.put((Event.EXITED,))
+
+    def interrupt(self) -> None:
+        """Ask whoever reads the queue to end the run; safe from any thread."""
+        self.items.put((Event.INTERRUPT,))
+
+    def exit_code(self) -> Optional[int]:
+        code = self.popen.poll()
+        if code is not None and code < 0:
+            return 128 - code  # killed by a signal: report it as a shell would
+        return code
+
+    def terminate(self, grace_seconds: float) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL to the group, then sweep by the run's marker."""
+        steps = [(signal.SIGINT, grace_seconds / 2), (signal.SIGTERM, grace_seconds / 2)]
+        for sig, wait in steps:
+            if self.popen.poll() is not None:
+                break
+            signal_group(self.popen.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(wait)
+        self.clean_up()
+
+    def clean_up(self) -> None:
+        """End whatever of the run is left (the leader has exited or is being killed)."""
+        signal_group(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+        sweep_token(self.token)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def pids_with_token(token: str) -> List[int]:
+    """Processes whose environment carries the run's marker (Linux /proc; elsewhere none)."""
+    if not token or not sys.platform.startswith("linux"):
+        return []
+    needle = f"{TOKEN_VAR}={token}".encode()
+    found = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                env = fh.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def sweep_token(token: str, rounds: int = 3) -> None:
+    """SIGKILL every process of the run, including tool commands in sessions of their own."""
+    for _ in range(rounds):
+        pids = pids_with_token(token)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)  # let the kernel reap before looking again
+
+
+def end_run_elsewhere(pgid: Optional[int], token: Optional[str], grace_seconds: float) -> None:
+    """End a run owned by another process (`car kill`): group signals, then the sweep."""
+    if pgid:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if not signal_group(pgid, sig):
+                break
+            deadline = time.monotonic() + grace_seconds / 2
+            while time.monotonic() < deadline and _group_alive(pgid):
+                time.sleep(0.05)  # another process's children: no handle to wait on
+        signal_group(pgid, signal.SIGKILL)
+    if token:
+        sweep_token(token)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

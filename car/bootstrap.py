@@ -1,0 +1,173 @@
+"""Creating a repo's .codex-autorunner/ (init): idempotent, and never loses what a user wrote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+
+from car import git
+from car.config import RepoConfig, default_data, load_config, parse_config
+from car.docs import DocKind
+from car.errors import ConfigError, InitError, UsageError
+from car.files import dump_yaml, write_atomic
+from car.layout import GITIGNORE_TEXT, RepoLayout
+from car.prompt import DEFAULT_TEMPLATE
+from car.state import RepoState, save_state
+
+STARTER_DOCS = {
+    DocKind.TODO: """\
+# TODO
+
+The agent works on the first unchecked item each run and ticks it when done.
+The loop stops when no unchecked item is left. Items in code blocks or HTML comments don't count.
+
+- [ ] Read SPEC.md and the code, then replace this list with the real steps of the work
+""",
+    DocKind.PROGRESS: """\
+# Progress
+
+What each run did and learned, newest last. The agent appends here; you can too.
+""",
+    DocKind.OPINIONS: """\
+# Opinions
+
+Conventions and decisions the agent must follow (style, libraries, what not to touch).
+""",
+    DocKind.SPEC: """\
+# Spec
+
+What this repository should become: the goal, constraints, and how to check the work.
+""",
+}
+
+
+@dataclass
+class InitReport:
+    root: Path
+    actions: List[str] = field(default_factory=list)
+
+    def note(self, path: Path, what: str) -> None:
+        try:
+            shown = path.relative_to(self.root)
+        except ValueError:
+            shown = path
+        self.actions.append(f"{what}: {shown}")
+
+
+def _merge(defaults: Any, user: Any) -> Any:
+    """User values win; defaults fill the gaps; unknown user keys are kept."""
+    if isinstance(defaults, dict) and isinstance(user, dict):
+        out = {k: _merge(v, user[k]) if k in user else v for k, v in defaults.items()}
+        out.update({k: v for k, v in user.items() if k not in defaults})
+        return out
+    return user
+
+
+def _write_config(layout: RepoLayout, force: bool, report: InitReport) -> None:
+    path = layout.config
+    if not path.exists():
+        write_atomic(path, dump_yaml(default_data("repo")))
+        report.note(path, "created")
+        return
+    text = path.read_text(encoding="utf-8")
+    try:
+        user = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        if not force:
+            load_config(path)  # raises the ConfigError with the line
+        backup = path.with_name(path.name + ".bak")
+        write_atomic(backup, text)
+        write_atomic(path, dump_yaml(default_data("repo")))
+        report.note(backup, "invalid YAML saved as")
+        report.note(path, "rewritten with defaults")
+        return
+    if isinstance(user, dict) and user.get("mode") == "hub":
+        raise UsageError(f"{path} is a hub config (mode: hub); `car init` sets up a repo: run it in a "
+                         f"repo directory, or `car hub scan` here")
+    if not force:
+        report.note(path, "kept")
+        return
+    merged = _merge(default_data("repo"), user if isinstance(user, dict) else {})
+    parse_config(merged, path)  # a wrong type stays an error: we don't silently replace values
+    new_text = dump_yaml(merged)
+    if new_text != text:
+        write_atomic(path, new_text)
+        report.note(path, "completed with defaults (your values kept)")
+    else:
+        report.note(path, "kept")
+
+
+def _write_template(path: Path, text: str, force: bool, report: InitReport) -> None:
+    """Create a template file; with force, rewrite it, saving a changed one as .bak first."""
+    if path.exists():
+        current = path.read_text(encoding="utf-8", errors="replace")
+        if not force or current == text:
+            report.note(path, "kept")
+            return
+        backup = path.with_name(path.name + ".bak")
+        write_atomic(backup, current)
+        report.note(backup, "your version saved as")
+        write_atomic(path, text)
+        report.note(path, "rewritten")
+        return
+    write_atomic(path, text)
+    report.note(path, "created")
+
+
+def init_repo(root: Path, force: bool = False, git_init: bool = False) -> InitReport:
+    """Create or complete `root`/.codex-autorunner/; an OSError becomes an InitError."""
+    root = root.resolve()
+    layout = RepoLayout(root)
+    report = InitReport(root)
+    try:
+        if not root.is_dir():
+            raise InitError(f"{root} is not a directory")
+        if layout.dir.exists() and not layout.dir.is_dir():
+            raise InitError(f"{layout.dir} exists and is not a directory; move it away and init again")
+        if git_init and not (root / ".git").exists():
+            err = git.git_init(root)
+            if err:
+                raise InitError(f"git init failed in {root}: {err}")
+            report.note(root / ".git", "created")
+        layout.dir.mkdir(exist_ok=True)
+        _write_template(layout.gitignore, GITIGNORE_TEXT, force, report)
+        _write_config(layout, force, report)
+        config = load_config(layout.config)
+        assert isinstance(config, RepoConfig)
+        for kind, text in STARTER_DOCS.items():
+            path = config.doc_path(kind.value)
+            if path.exists():
+                report.note(path, "kept (docs are never rewritten)" if force else "kept")
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, text)
+            report.note(path, "created")
+        _write_template(config.template_path, DEFAULT_TEMPLATE, force, report)
+        if not layout.state.exists():
+            save_state(layout.state, RepoState())
+            report.note(layout.state, "created")
+        if not config.log_path.exists():
+            config.log_path.parent.mkdir(parents=True, exist_ok=True)
+            config.log_path.touch()
+            report.note(config.log_path, "created")
+    except OSError as exc:
+        where = exc.filename or root
+        raise InitError(f"cannot initialize {root}: {exc.strerror} ({where}); "
+                        f"fix the permissions or path and init again") from exc
+    except ConfigError:
+        raise
+    return report
+
+
+def is_initialized(root: Path) -> bool:
+    return RepoLayout(root).config.is_file()
+
+
+def describe_git(root: Path) -> Optional[str]:
+    """A warning when the repo is not under git (car works, but progress and commits are weaker)."""
+    if not (root / ".git").exists():
+        return f"{root} is not a git repository; `car init --git-init` creates one"
+    return None

@@ -1,0 +1,306 @@
+"""One repo's loop: render the prompt, run the agent, log it, decide whether to go on."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from car import git
+from car.agent import AgentProcess, Event, resolve_binary
+from car.codex_events import OutputReader, TokenUsage, make_reader
+from car.config import RepoConfig
+from car.docs import DocKind, TodoCounts, parse_todos, read_doc
+from car.files import append_jsonl, read_jsonl, write_atomic
+from car.layout import RepoLayout
+from car.lock import acquire_lock, inspect_lock, release_lock, update_lock
+from car.logs import RunLog, has_end_marker, run_output
+from car.prompt import DEFAULT_TEMPLATE, clip_tail, render_prompt
+from car.state import RepoState, load_state, save_state, utc_now
+from car.status import LockStatus, RunStatus, StopReason
+
+ERROR_REASONS = {StopReason.AGENT_FAILED, StopReason.RUN_TIMEOUT, StopReason.IDLE_TIMEOUT,
+                 StopReason.INTERRUPTED}
+DRAIN_SECONDS = 1.0  # after the agent exits, how long an orphan may hold its stdout open
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: int
+    exit_code: Optional[int]
+    end_reason: Optional[StopReason]  # set when this run ends the loop
+    progressed: bool
+    todo: TodoCounts
+    usage: Optional[TokenUsage] = None
+
+
+def open_run_log(config: RepoConfig, feed=None, name: Optional[str] = None) -> RunLog:
+    return RunLog(config.log_path, config.log.max_bytes, config.log.backup_count,
+                  name or f"car.repo.{config.root}", feed)
+
+
+def reconcile(config: RepoConfig) -> bool:
+    """Close a run that state.json says is running but whose owner is gone (DESIGN.md §3)."""
+    layout = RepoLayout(config.root)
+    state = load_state(layout.state)
+    if state.status != RunStatus.RUNNING.value:
+        return False
+    if inspect_lock(layout.lock).status is LockStatus.LOCKED_ALIVE:
+        return False
+    run_id = state.last_run_id
+    if run_id and not has_end_marker(config.log_path, config.log.backup_count, run_id):
+        log = open_run_log(config, name=f"car.reconcile.{config.root}")
+        log.end_run(run_id, "interrupted")
+        log.close()
+    state.status, state.stop_reason, state.runner_pid = RunStatus.ERROR.value, StopReason.INTERRUPTED.value, None
+    state.last_run_finished_at = state.last_run_finished_at or utc_now()
+    save_state(layout.state, state)
+    return True
+
+
+class Engine:
+    """One loop over one repo. Thread-safe controls: request_stop() and kill()."""
+
+    def __init__(self, config: RepoConfig, *, log: Optional[RunLog] = None,
+                 spawn: Callable[..., AgentProcess] = AgentProcess.spawn,
+                 reader_factory: Callable[[], OutputReader] = make_reader,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.config, self.layout = config, RepoLayout(config.root)
+        self._own_log = log is None
+        self.log = log or open_run_log(config)
+        self._spawn, self._reader_factory, self._clock, self._on_change = spawn, reader_factory, clock, on_change
+        self._guard = threading.Lock()
+        self._agent: Optional[AgentProcess] = None
+        self._kill_reason: Optional[StopReason] = None
+        self._stop = threading.Event()
+        self.current_run_id: Optional[int] = None
+        self.current_run_started_at: Optional[str] = None
+
+    # controls (any thread) -------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the current run, then end the loop."""
+        self._stop.set()
+
+    def kill(self, reason: StopReason = StopReason.KILLED) -> None:
+        """End the current run now and the loop after it."""
+        with self._guard:
+            self._kill_reason = self._kill_reason or reason
+            agent = self._agent
+        self._stop.set()
+        if agent is not None:
+            agent.interrupt()
+
+    # the loop ---------------------------------------------------------------------------
+    def run_loop(self, once: bool = False) -> StopReason:
+        resolve_binary(self.config.codex.binary, self.config.root)
+        reconcile(self.config)
+        acquire_lock(self.layout.lock)
+        reason: Optional[StopReason] = None
+        try:
+            self.layout.stop.unlink(missing_ok=True)  # we own the lock: an old stop was for an old loop
+            reason = self._loop(once)
+            return reason
+        finally:
+            self._finish(reason or StopReason.INTERRUPTED)
+            release_lock(self.layout.lock)
+            if self._own_log:
+                self.log.close()
+
+    def _loop(self, once: bool) -> StopReason:
+        runner = self.config.runner
+        started = self._clock()
+        wall_deadline = started + runner.max_wallclock_seconds if runner.max_wallclock_seconds else None
+        runs = stale = 0
+        while True:
+            if self._todo_counts().outstanding == 0:
+                return StopReason.TODO_DONE
+            requested = self._requested_stop()
+            if requested:
+                return requested
+            result = self.run_once(wall_deadline)
+            runs += 1
+            stale = 0 if result.progressed else stale + 1
+            checks = [
+                (result.end_reason is not None, result.end_reason),
+                (self._kill_reason is not None, self._kill_reason),
+                (result.todo.outstanding == 0, StopReason.TODO_DONE),
+                (self._requested_stop() is not None, self._requested_stop()),
+                (once or (runner.stop_after_runs is not None and runs >= runner.stop_after_runs),
+                 StopReason.STOP_AFTER_RUNS),
+                (bool(runner.no_progress_runs) and stale >= (runner.no_progress_runs or 0),
+                 StopReason.NO_PROGRESS),
+                (wall_deadline is not None and self._clock() >= wall_deadline, StopReason.WALLCLOCK),
+            ]
+            hit = next((reason for cond, reason in checks if cond), None)
+            if hit is not None:
+                return hit
+            self._stop.wait(runner.sleep_seconds)
+
+    def _requested_stop(self) -> Optional[StopReason]:
+        if self._kill_reason is not None:
+            return self._kill_reason
+        try:
+            text = self.layout.stop.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            text = None
+        if text == "kill":
+            return StopReason.KILLED
+        if self._stop.is_set() or text is not None:
+            return StopReason.STOPPED
+        return None
+
+    def _todo_counts(self) -> TodoCounts:
+        return parse_todos(read_doc(self.config.doc_path(DocKind.TODO.value)).content)
+
+    def _finish(self, reason: StopReason) -> None:
+        state = load_state(self.layout.state)
+        state.status = (RunStatus.ERROR if reason in ERROR_REASONS else RunStatus.IDLE).value
+        state.stop_reason, state.runner_pid = reason.value, None
+        save_state(self.layout.state, state)
+        self.current_run_id = self.current_run_started_at = None
+        self._on_change()
+
+    # one run ----------------------------------------------------------------------------
+    def run_once(self, wall_deadline: Optional[float] = None) -> RunResult:
+        """One agent run; the caller holds the lock."""
+        cfg, layout = self.config, self.layout
+        state = load_state(layout.state)
+        run_id = (state.last_run_id or 0) + 1
+        docs = {k.value: read_doc(cfg.doc_path(k.value)).content for k in DocKind}
+        before = (parse_todos(docs[DocKind.TODO.value]), git.fingerprint(cfg.root))
+        prompt = render_prompt(self._template(), docs, self._previous_output(state.last_run_id),
+                               cfg.prompt.prev_run_max_chars)
+        write_atomic(layout.rendered_prompt, prompt)
+
+        started_at = utc_now()
+        state = RepoState(status=RunStatus.RUNNING.value, last_run_id=run_id, last_exit_code=None,
+                          last_run_started_at=started_at, last_run_finished_at=None,
+                          runner_pid=os.getpid(), stop_reason=None)
+        save_state(layout.state, state)
+        self.current_run_id, self.current_run_started_at = run_id, started_at
+        self.log.start_run(run_id)
+        self._on_change()
+
+        reader = self._reader_factory()
+        end_reason, exit_code = self._run_agent(run_id, reader, wall_deadline)
+        if end_reason is None and (exit_code != 0 or reader.failure):
+            why = reader.failure or f"exit code {exit_code}"
+            self.log.write(f"car: the agent failed: {why}", run_id)
+            end_reason = StopReason.AGENT_FAILED
+        if end_reason is None and self._blocked:
+            end_reason = StopReason.BLOCKED
+        after_todo = self._todo_counts()
+        progressed = after_todo != before[0] or git.fingerprint(cfg.root) != before[1]
+        if cfg.git.auto_commit and exit_code == 0 and not reader.failure:
+            note = git.auto_commit(cfg.root, cfg.git.commit_message_template.replace("{run_id}", str(run_id)))
+            if note:
+                self.log.write(f"car: {note}", run_id)
+        self.log.end_run(run_id, f"code {exit_code}")
+        finished_at = utc_now()
+        append_jsonl(layout.runs, {
+            "id": run_id, "started_at": started_at, "finished_at": finished_at, "exit_code": exit_code,
+            "end_reason": end_reason.value if end_reason else None,
+            "usage": reader.usage.to_json() if reader.usage else None,
+            "output": clip_tail(reader.final_message, cfg.prompt.prev_run_max_chars)
+            if reader.final_message is not None else None,
+        })
+        state.last_exit_code, state.last_run_finished_at = exit_code, finished_at
+        save_state(layout.state, state)
+        self._on_change()
+        return RunResult(run_id, exit_code, end_reason, progressed, after_todo, reader.usage)
+
+    def _template(self) -> str:
+        try:
+            return self.config.template_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return DEFAULT_TEMPLATE
+
+    def _previous_output(self, run_id: Optional[int]) -> str:
+        if not run_id:
+            return ""
+        records = [r for r in read_jsonl(self.layout.runs) if isinstance(r, dict) and r.get("id") == run_id]
+        if records and records[-1].get("output") is not None:
+            return str(records[-1]["output"])
+        return run_output(self.config.log_path, self.config.log.backup_count, run_id)
+
+    def _run_agent(self, run_id: int, reader: OutputReader,
+                   wall_deadline: Optional[float]) -> tuple:
+        cfg = self.config
+        argv = [resolve_binary(cfg.codex.binary, cfg.root), *cfg.codex.args]
+        self._blocked = False
+        try:
+            agent = self._spawn(argv, cfg.root, self.layout.rendered_prompt)
+        except Exception as exc:  # reported in the run, and the loop stops on it
+            self.log.write(f"car: {exc}", run_id)
+            return StopReason.AGENT_FAILED, 127
+        with self._guard:
+            self._agent = agent
+            if self._kill_reason is not None:
+                agent.interrupt()
+        update_lock(self.layout.lock, agent.pid, agent.token)
+        try:
+            end_reason = self._pump(agent, run_id, reader, wall_deadline)
+        finally:
+            agent.clean_up()
+            with self._guard:
+                self._agent = None
+            update_lock(self.layout.lock, None, None)
+        return end_reason, agent.exit_code()
+
+    def _pump(self, agent: AgentProcess, run_id: int, reader: OutputReader,
+              wall_deadline: Optional[float]) -> Optional[StopReason]:
+        """Log the agent's lines until it is gone, enforcing the watchdogs."""
+        runner = self.config.runner
+        start = last_output = self._clock()
+        end_reason: Optional[StopReason] = None
+        exited = eof = cleaned = False
+        drain_until: Optional[float] = None
+        while not eof:
+            now = self._clock()
+            deadlines = []
+            if end_reason is None:
+                if runner.run_timeout_seconds:
+                    deadlines.append((start + runner.run_timeout_seconds, StopReason.RUN_TIMEOUT))
+                if runner.idle_timeout_seconds:
+                    deadlines.append((last_output + runner.idle_timeout_seconds, StopReason.IDLE_TIMEOUT))
+                if wall_deadline is not None:
+                    deadlines.append((wall_deadline, StopReason.WALLCLOCK))
+            if drain_until is not None:
+                deadlines.append((drain_until, None))
+            soonest = min(deadlines, key=lambda d: d[0]) if deadlines else None
+            try:
+                item = agent.items.get(timeout=max(0.0, soonest[0] - now) if soonest else None)
+            except queue.Empty:
+                assert soonest is not None
+                if soonest[1] is None:  # exited, but an orphan still holds stdout: end it
+                    if cleaned:
+                        break
+                    agent.clean_up()
+                    cleaned, drain_until = True, self._clock() + 5
+                    continue
+                end_reason = soonest[1]
+                self.log.write(f"car: {end_reason.value.replace('_', ' ')}: ending the agent", run_id)
+                agent.terminate(runner.kill_grace_seconds)
+                continue
+            if isinstance(item, str):
+                last_output = self._clock()
+                for line in reader.feed(item):
+                    self.log.write(line, run_id)
+                    if line.lstrip().startswith("BLOCKED:") or line.startswith("agent: BLOCKED:"):
+                        self._blocked = True
+            elif item[0] == Event.EOF:
+                eof = True
+            elif item[0] == Event.EXITED:
+                exited = True
+                drain_until = self._clock() + DRAIN_SECONDS
+            elif item[0] == Event.INTERRUPT and end_reason is None:
+                end_reason = self._kill_reason or StopReason.KILLED
+                self.log.write(f"car: {end_reason.value}: ending the agent", run_id)
+                agent.terminate(self.config.runner.kill_grace_seconds)
+        if not exited:
+            agent.clean_up()
+        return end_reason

@@ -1,0 +1,216 @@
+"""Run logs: one rotating handler per repo/hub, run markers, rollover between runs, readers."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+from car.feed import Feed
+from car.state import utc_now
+
+_MARKER = re.compile(r"^(\S+) === run (\d+) (start|end \((.*)\)) ===$")
+_RUN_LINE = re.compile(r"^\S+ \[run (\d+)\] ?(.*)$")
+_CODE = re.compile(r"^code (-?\d+)$")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    started_at: Optional[str]
+    finished_at: Optional[str] = None
+    exit_code: Optional[int] = None
+    end: Optional[str] = None
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "started_at": self.started_at, "finished_at": self.finished_at,
+                "exit_code": self.exit_code, "end": self.end}
+
+
+def make_logger(name: str, path: Path, backup_count: int) -> logging.Logger:
+    """A logger with its own RotatingFileHandler; replaces any handler a previous owner left."""
+    logger = logging.getLogger(name)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # maxBytes=0: the handler never rolls over by itself; RunLog decides when (between runs)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=0, backupCount=backup_count,
+                                                   encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def close_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+class RunLog:
+    """The log of one repo (or the hub): every line timestamped, runs framed by markers."""
+
+    def __init__(self, path: Path, max_bytes: int, backup_count: int, name: str,
+                 feed: Optional[Feed] = None) -> None:
+        self.path, self.max_bytes, self.backup_count = path, max_bytes, backup_count
+        self.feed = feed
+        self._logger = make_logger(name, path, backup_count)
+        self._lock = threading.Lock()
+
+    def write(self, text: str, run_id: Optional[int] = None) -> str:
+        line = f"{utc_now()} [run {run_id}] {text}" if run_id is not None else f"{utc_now()} {text}"
+        self._logger.info(line)
+        if self.feed is not None:
+            self.feed.publish(line)
+        return line
+
+    def start_run(self, run_id: int) -> None:
+        self.write(f"=== run {run_id} start ===")
+
+    def end_run(self, run_id: int, end: str) -> None:
+        """Close a run (`end` is 'code N' or a word like 'interrupted'), then maybe roll over."""
+        self.write(f"=== run {run_id} end ({end}) ===")
+        self.rollover_if_full()
+
+    def rollover_if_full(self) -> None:
+        with self._lock:
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError:
+                return
+            if self.max_bytes and size >= self.max_bytes:
+                for handler in self._logger.handlers:
+                    if isinstance(handler, logging.handlers.RotatingFileHandler):
+                        handler.doRollover()
+
+    def close(self) -> None:
+        close_logger(self._logger)
+
+
+def log_files(path: Path, backup_count: int) -> List[Path]:
+    """The log and its backups that exist, oldest first."""
+    names = [Path(f"{path}.{i}") for i in range(backup_count, 0, -1)] + [path]
+    return [p for p in names if p.exists()]
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            yield line.rstrip("\n")
+
+
+def read_run(path: Path, backup_count: int, run_id: int) -> List[str]:
+    """All lines of one run (markers included), searching the backups too."""
+    start = f" === run {run_id} start ==="
+    for file in reversed(log_files(path, backup_count)):
+        out: List[str] = []
+        inside = False
+        for line in _lines(file):
+            if line.endswith(start) and _MARKER.match(line):
+                out, inside = [line], True
+                continue
+            if inside:
+                out.append(line)
+                m = _MARKER.match(line)
+                if m and int(m.group(2)) == run_id and m.group(4) is not None:
+                    inside = False
+        if out:
+            return out
+    return []
+
+
+def run_output(path: Path, backup_count: int, run_id: int) -> str:
+    """The text of a run's output lines, without timestamps and markers."""
+    out = []
+    for line in read_run(path, backup_count, run_id):
+        m = _RUN_LINE.match(line)
+        if m and int(m.group(1)) == run_id:
+            out.append(m.group(2))
+    return "\n".join(out)
+
+
+def list_runs(path: Path, backup_count: int) -> List[RunRecord]:
+    """Run history from the markers of the log and its backups, oldest first."""
+    runs: dict = {}
+    for file in log_files(path, backup_count):
+        for line in _lines(file):
+            if " === run " not in line:
+                continue
+            m = _MARKER.match(line)
+            if not m:
+                continue
+            at, run_id, end = m.group(1), int(m.group(2)), m.group(4)
+            if end is None:
+                runs[run_id] = RunRecord(run_id, at)
+            else:
+                code = _CODE.match(end)
+                prev = runs.get(run_id, RunRecord(run_id, None))
+                runs[run_id] = RunRecord(run_id, prev.started_at, at,
+                                         int(code.group(1)) if code else None, end)
+    return [runs[k] for k in sorted(runs)]
+
+
+def has_end_marker(path: Path, backup_count: int, run_id: int) -> bool:
+    lines = read_run(path, backup_count, run_id)
+    return bool(lines) and bool(_MARKER.match(lines[-1])) and "end (" in lines[-1]
+
+
+def tail(path: Path, n: int) -> List[str]:
+    """The last `n` lines of the current log file, read from the end."""
+    if n <= 0 or not path.exists():
+        return []
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        end = pos = fh.tell()
+        chunk, data = 65536, b""
+        while pos > 0 and data.count(b"\n") <= n:
+            pos = max(0, pos - chunk)
+            fh.seek(pos)
+            data = fh.read(end - pos)
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[-n:]
+
+
+def follow(path: Path, stop: threading.Event, poll_seconds: float = 0.25) -> Iterator[str]:
+    """New lines as another process appends them, across rotation, until `stop` is set.
+
+    Polls the file: the writer may be another process, so no in-memory signal reaches us.
+    """
+    fh, ino, buf = None, None, ""
+    at_end = True  # the first file is followed from its end; a rotated-in one from its start
+    while not stop.is_set():
+        if fh is None:
+            try:
+                fh = path.open("r", encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                at_end = False
+                stop.wait(poll_seconds)
+                continue
+            ino = os.fstat(fh.fileno()).st_ino
+            if at_end:
+                fh.seek(0, os.SEEK_END)
+        chunk = fh.read()
+        if chunk:
+            buf += chunk
+            *done, buf = buf.split("\n")
+            yield from done
+            continue
+        try:
+            rotated = os.stat(path).st_ino != ino
+        except FileNotFoundError:
+            rotated = True
+        if rotated:
+            fh.close()
+            fh, at_end = None, False
+            continue
+        stop.wait(poll_seconds)
+    if fh is not None:
+        fh.close()

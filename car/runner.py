@@ -1,0 +1,123 @@
+"""RepoRunner: one repo's engine loop on an executor thread, with thread-safe controls."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Executor, Future
+from typing import Callable, Optional
+
+from car.agent import end_run_elsewhere, resolve_binary
+from car.config import RepoConfig
+from car.engine import Engine, open_run_log, reconcile
+from car.errors import Conflict, LockError
+from car.feed import Feed
+from car.files import write_atomic
+from car.layout import RepoLayout
+from car.lock import clear_stale_lock, inspect_lock, lock_held_message
+from car.repo_view import RepoView, view_repo
+from car.status import LockStatus, StopReason
+
+
+class RepoRunner:
+    """Runs one repo's loop on `executor`; start/request_stop/kill/resume/view are thread-safe.
+
+    A loop run by another car process (its lock is alive) is reached through the stop file.
+    """
+
+    def __init__(self, config: RepoConfig, executor: Executor, *, name: Optional[str] = None,
+                 on_change: Callable[[], None] = lambda: None,
+                 errors: Optional[logging.Logger] = None) -> None:
+        self.config, self.layout = config, RepoLayout(config.root)
+        self.feed = Feed()  # the repo's log lines as this process writes them (SSE follows it)
+        self.log = open_run_log(config, self.feed, name=name)
+        self._executor, self._on_change = executor, on_change
+        self._errors = errors or logging.getLogger("car")
+        self._guard = threading.Lock()
+        self._engine: Optional[Engine] = None
+        self._future: Optional[Future] = None
+        self.last_error: Optional[str] = None
+
+    @property
+    def active(self) -> bool:
+        with self._guard:
+            return self._future is not None and not self._future.done()
+
+    def start(self, once: bool = False) -> None:
+        """Start the loop; Conflict if running here, LockError if another process holds the lock."""
+        resolve_binary(self.config.codex.binary, self.config.root)
+        with self._guard:
+            if self._future is not None and not self._future.done():
+                raise Conflict(f"{self.config.root.name} is already running")
+            reconcile(self.config)
+            info = inspect_lock(self.layout.lock)
+            if info.status is not LockStatus.UNLOCKED:
+                raise LockError(lock_held_message(self.layout.lock, info))
+            self._engine = Engine(self.config, log=self.log, on_change=self._on_change)
+            self.last_error = None
+            self._future = self._executor.submit(self._engine.run_loop, once)
+            self._future.add_done_callback(self._on_done)
+        self._on_change()
+
+    def resume(self, once: bool = False) -> None:
+        """Close an interrupted run, clear a stale lock (never a live one), and start."""
+        reconcile(self.config)
+        clear_stale_lock(self.layout.lock)
+        self.start(once=once)
+
+    def request_stop(self) -> None:
+        engine = self._current_engine()
+        if engine is not None:
+            engine.request_stop()
+            return
+        if inspect_lock(self.layout.lock).status is LockStatus.LOCKED_ALIVE:
+            write_atomic(self.layout.stop, "stop\n")  # another car process runs it
+            return
+        raise Conflict(f"{self.config.root.name} is not running; nothing to stop")
+
+    def kill(self) -> None:
+        """End the current run now: the agent's group and every process of the run."""
+        engine = self._current_engine()
+        if engine is not None:
+            engine.kill(StopReason.KILLED)
+            return
+        info = inspect_lock(self.layout.lock)
+        if info.status is LockStatus.LOCKED_ALIVE:
+            write_atomic(self.layout.stop, "kill\n")
+            end_run_elsewhere(info.agent_pgid, info.run_token, self.config.runner.kill_grace_seconds)
+            return
+        raise Conflict(f"{self.config.root.name} is not running; nothing to kill")
+
+    def view(self) -> RepoView:
+        engine = self._current_engine()
+        return view_repo(self.config, runner_active=engine is not None,
+                         current_run_id=engine.current_run_id if engine else None,
+                         current_run_started_at=engine.current_run_started_at if engine else None)
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Wait for the current loop to end (tests, shutdown)."""
+        with self._guard:
+            future = self._future
+        if future is not None:
+            future.exception(timeout=timeout)
+
+    def close(self) -> None:
+        """Kill a running loop, wait for it, and close the log (shutdown)."""
+        if self.active:
+            self.kill()
+            self.wait(timeout=self.config.runner.kill_grace_seconds + 30)
+        self.log.close()
+        self.feed.close()
+
+    def _current_engine(self) -> Optional[Engine]:
+        with self._guard:
+            if self._future is not None and not self._future.done():
+                return self._engine
+            return None
+
+    def _on_done(self, future: Future) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None:
+            self.last_error = str(exc)
+            self._errors.error("loop of %s crashed: %s", self.config.root, exc, exc_info=exc)
+        self._on_change()

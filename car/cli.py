@@ -1,0 +1,284 @@
+"""The command line: parse, resolve the config, call one module, print. The only printer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from car import __version__
+from car.agent import end_run_elsewhere, resolve_binary
+from car.bootstrap import describe_git, init_repo
+from car.config import AnyConfig, HubConfig, RepoConfig, find_config, load_config
+from car.docs import DocKind, parse_todos, read_doc
+from car.engine import ERROR_REASONS, Engine, reconcile
+from car.errors import CarError, ConfigError, UsageError
+from car.files import write_atomic
+from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
+from car.lock import clear_stale_lock, inspect_lock
+from car.logs import follow, list_runs, log_files, read_run, tail
+from car.repo_view import view_repo
+from car.status import LockStatus, StopReason
+
+NO_CONFIG = ("no {car}/{cfg} in {where} or any parent directory; run `car init` in the repo's root "
+             "(or pass --repo PATH)")
+WRONG_MODE_REPO_CMD = ("`car {cmd}` is a repo command, but {path} is a hub config (mode: hub); "
+                       "cd into one of the hub's repos (or pass --repo PATH), or use `car hub ...` here")
+WRONG_MODE_HUB_CMD = ("`car hub {cmd}` is a hub command, but {path} is a repo config (mode: repo); "
+                      "run it from the hub root (the directory above the repos), or use `car {cmd}` "
+                      "for this repo")
+
+
+def _warn(message: str) -> None:
+    print(f"car: warning: {message}", file=sys.stderr)
+
+
+def _load(path: Path) -> AnyConfig:
+    config = load_config(path)
+    for warning in config.warnings:
+        _warn(warning)
+    return config
+
+
+def repo_config(args: argparse.Namespace) -> RepoConfig:
+    """The repo config from --repo or the nearest one upward; a hub config is a usage error."""
+    if args.repo is not None:
+        path = Path(args.repo) / CAR_DIR / CONFIG_NAME
+        if not path.is_file():
+            raise ConfigError(f"no {CAR_DIR}/{CONFIG_NAME} in {Path(args.repo).resolve()}; "
+                              f"run `car init --repo {args.repo}`")
+    else:
+        found = find_config(Path.cwd())
+        if found is None:
+            raise ConfigError(NO_CONFIG.format(car=CAR_DIR, cfg=CONFIG_NAME, where=Path.cwd()))
+        path = found
+    config = _load(path)
+    if isinstance(config, HubConfig):
+        raise UsageError(WRONG_MODE_REPO_CMD.format(cmd=args.command, path=path))
+    return config
+
+
+# repo commands -------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    root = Path(args.repo or Path.cwd()).resolve()
+    report = init_repo(root, force=args.force, git_init=args.git_init)
+    for action in report.actions:
+        print(action)
+    warning = describe_git(root)
+    if warning:
+        _warn(warning)
+    print(f"initialized {root}; edit {CAR_DIR}/TODO.md, then `car run`")
+    return 0
+
+
+def _run_in_foreground(config: RepoConfig, once: bool) -> int:
+    """Run the loop on a thread; SIGINT/SIGTERM end the agent's group, record the run, unlock."""
+    engine = Engine(config)
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["reason"] = engine.run_loop(once=once)
+        except BaseException as exc:  # handed to the main thread below
+            outcome["error"] = exc
+
+    def on_signal(signum: int, _frame: object) -> None:
+        engine.kill(StopReason.KILLED)  # only sets flags and queues an interrupt
+
+    thread = threading.Thread(target=target, name="car-loop")
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if "error" in outcome:
+        raise outcome["error"]
+    reason: StopReason = outcome["reason"]
+    state = view_repo(config)
+    print(f"car: loop ended: {reason.value} (last run {state.last_run_id}, "
+          f"exit code {state.last_exit_code}, TODO {state.done_todos}/"
+          f"{state.done_todos + state.outstanding_todos} done)")
+    return 1 if reason in ERROR_REASONS else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_in_foreground(repo_config(args), once=False)
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    return _run_in_foreground(repo_config(args), once=True)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    config = repo_config(args)
+    reconcile(config)
+    if clear_stale_lock(RepoLayout(config.root).lock):
+        print("car: cleared the stale lock")
+    return _run_in_foreground(config, once=args.once)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    config = repo_config(args)
+    layout = RepoLayout(config.root)
+    info = inspect_lock(layout.lock)
+    if info.status is not LockStatus.LOCKED_ALIVE:
+        print(f"car: no loop is running in {config.root}; nothing to stop")
+        return 0
+    write_atomic(layout.stop, "stop\n")
+    print(f"car: stop requested; pid {info.pid} ends its loop after the current run")
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    config = repo_config(args)
+    layout = RepoLayout(config.root)
+    info = inspect_lock(layout.lock)
+    if info.status is not LockStatus.LOCKED_ALIVE:
+        print(f"car: no loop is running in {config.root}; nothing to kill")
+        return 0
+    write_atomic(layout.stop, "kill\n")  # tells the owning loop why its agent died
+    end_run_elsewhere(info.agent_pgid, info.run_token, config.runner.kill_grace_seconds)
+    print(f"car: killed the current run of pid {info.pid}" +
+          (f" (agent group {info.agent_pgid})" if info.agent_pgid else " (it was between runs)"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = repo_config(args)
+    if reconcile(config):
+        _warn("the last run's owner died; its run is now closed as interrupted")
+    view = view_repo(config)
+    if args.json:
+        print(json.dumps(view.to_json(), indent=2))
+        return 0
+    total = view.done_todos + view.outstanding_todos
+    print(f"repo:       {config.root}")
+    print(f"status:     {view.status}" + (f" (pid {view.lock_pid})" if view.lock_pid else ""))
+    print(f"lock:       {view.lock_status}")
+    print(f"TODO:       {view.done_todos}/{total} done")
+    print(f"last run:   {view.last_run_id or '-'} (exit code {view.last_exit_code}, "
+          f"started {view.last_run_started_at or '-'}, finished {view.last_run_finished_at or '-'})")
+    print(f"stop reason: {view.stop_reason or '-'}")
+    if view.lock_status == LockStatus.LOCKED_STALE.value:
+        print("the lock is stale (its owner is gone): `car resume` clears it and continues")
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    config = repo_config(args)
+    path, backups = config.log_path, config.log.backup_count
+    if args.run is not None:
+        lines = read_run(path, backups, args.run)
+        if not lines:
+            known = [r.id for r in list_runs(path, backups)]
+            span = f"runs {known[0]}..{known[-1]} are in the log" if known else "the log holds no runs"
+            raise CarError(f"run {args.run} is not in {path} or its backups; {span}")
+    else:
+        lines = tail(path, args.tail)
+    for line in lines:
+        print(line)
+    if args.follow:
+        stop = threading.Event()
+        try:
+            for line in follow(path, stop):
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            stop.set()
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    config = repo_config(args)
+    problems: List[str] = []
+
+    def check(ok: bool, good: str, bad: str) -> None:
+        print(("ok    " if ok else "FAIL  ") + (good if ok else bad))
+        if not ok:
+            problems.append(bad)
+
+    print(f"ok    config {RepoLayout(config.root).config} (version 2, mode repo)")
+    for warning in config.warnings:
+        print(f"warn  {warning}")
+    for kind in DocKind:
+        path = config.doc_path(kind.value)
+        check(path.is_file(), f"doc {kind.value}: {path}", f"doc {kind.value} missing: {path} "
+              f"(run `car init` to create it, or fix docs.{kind.value})")
+    todos = parse_todos(read_doc(config.doc_path("todo")).content)
+    print(f"info  TODO: {todos.done} done, {todos.outstanding} outstanding")
+    try:
+        binary = resolve_binary(config.codex.binary, config.root)
+        version = _agent_version(binary)
+        check(True, f"agent {binary}" + (f" ({version})" if version else ""), "")
+    except CarError as exc:
+        check(False, "", str(exc))
+    check(describe_git(config.root) is None, "git repository", describe_git(config.root) or "")
+    lock = inspect_lock(RepoLayout(config.root).lock)
+    check(lock.status is not LockStatus.LOCKED_STALE, f"lock: {lock.status.value}",
+          "stale lock (owner gone): run `car resume` to clear it")
+    print("all checks passed" if not problems else f"{len(problems)} problem(s) found")
+    return 0 if not problems else 1
+
+
+def _agent_version(binary: str) -> Optional[str]:
+    try:
+        out = subprocess.run([binary, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+                             timeout=20, text=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+# parser ------------------------------------------------------------------------------
+def _add(commands: argparse._SubParsersAction, name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+    p = commands.add_parser(name, help=help, description=help)
+    p.add_argument("--repo", type=Path, default=argparse.SUPPRESS,
+                   help="repo root (default: nearest .codex-autorunner/ upward from here)")
+    p.set_defaults(func=func)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="car", description="Run a coding agent in a loop over a repo's TODO list.")
+    parser.add_argument("--version", action="version", version=f"car {__version__}")
+    parser.add_argument("--repo", type=Path, default=None,
+                        help="repo root (default: nearest .codex-autorunner/ upward from here)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    p = _add(commands, "init", cmd_init, "create .codex-autorunner/ in this repo (idempotent)")
+    p.add_argument("--force", action="store_true", help="rewrite templates (docs are never rewritten)")
+    p.add_argument("--git-init", action="store_true", help="run `git init` first if there is no .git")
+    _add(commands, "run", cmd_run, "run the agent in a loop until TODO is done or a limit is hit")
+    _add(commands, "once", cmd_once, "run the agent once")
+    _add(commands, "stop", cmd_stop, "ask the running loop to stop after its current run")
+    _add(commands, "kill", cmd_kill, "end the current run now (the agent and all its processes)")
+    p = _add(commands, "resume", cmd_resume, "clear a stale lock and continue the loop")
+    p.add_argument("--once", action="store_true", help="run once instead of looping")
+    p = _add(commands, "status", cmd_status, "show this repo's status")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = _add(commands, "log", cmd_log, "print the run log")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", type=int, metavar="N", help="print run N (searches rotated logs too)")
+    which.add_argument("--tail", type=int, metavar="N", default=50, help="print the last N lines (default 50)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    _add(commands, "doctor", cmd_doctor, "check config, docs, agent binary, git and lock")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CarError as exc:
+        print(f"car: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

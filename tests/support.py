@@ -1,0 +1,105 @@
+"""Helpers shared by the tests: temp repos wired to the fake agent, bounded waits, pids."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import yaml
+
+from car.bootstrap import init_repo
+
+TESTS = Path(__file__).resolve().parent
+PROJECT = TESTS.parent
+FAKE_AGENT = TESTS / "fake_agent.py"
+FAST_RUNNER = {"sleep_seconds": 0, "kill_grace_seconds": 2, "no_progress_runs": 3}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10, what: str = "condition",
+               interval: float = 0.02) -> Any:
+    """Poll `predicate` until truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True,
+                          timeout=30).stdout
+
+
+def make_git_repo(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "test@example.invalid")
+    git(root, "config", "user.name", "test")
+    return root
+
+
+def update_config(root: Path, **sections: Dict[str, Any]) -> None:
+    path = root / ".codex-autorunner" / "config.yml"
+    data = yaml.safe_load(path.read_text()) or {}
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(data.get(name), dict):
+            data[name].update(values)
+        else:
+            data[name] = values
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def write_todo(root: Path, items: Iterable[str] = ("first", "second"), done: Iterable[str] = ()) -> None:
+    lines = ["# TODO", ""] + [f"- [x] {d}" for d in done] + [f"- [ ] {i}" for i in items]
+    (root / ".codex-autorunner" / "TODO.md").write_text("\n".join(lines) + "\n")
+
+
+def make_repo(root: Path, items: Iterable[str] = ("first", "second"), **runner: Any) -> Path:
+    """A git repo, initialized, whose agent is the fake agent and whose loop does not sleep."""
+    make_git_repo(root)
+    init_repo(root)
+    update_config(root, codex={"binary": sys.executable, "args": [str(FAKE_AGENT)]},
+                  runner={**FAST_RUNNER, **runner})
+    write_todo(root, items)
+    return root
+
+
+def car_env(**extra: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def car_cmd(*args: str) -> list:
+    return [sys.executable, "-m", "car", *args]
+
+
+def run_car(*args: str, cwd: Path, timeout: float = 60, env: Optional[Dict[str, str]] = None,
+            **popen: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(car_cmd(*args), cwd=cwd, env=env or car_env(), capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def read_pids(path: Path) -> list:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from car.config import DEFAULT_CODEX_ARGS, HubConfig, RepoConfig, find_config, load_config
+from car.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / ".codex-autorunner" / "config.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_empty_repo_config_has_every_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "version: 2\nmode: repo\n"))
+    assert isinstance(config, RepoConfig)
+    assert config.root == tmp_path.resolve()
+    assert config.codex.binary == "codex" and config.codex.args == DEFAULT_CODEX_ARGS
+    assert config.prompt.prev_run_max_chars == 6000
+    r = config.runner
+    assert (r.sleep_seconds, r.stop_after_runs, r.max_wallclock_seconds, r.kill_grace_seconds,
+            r.run_timeout_seconds, r.idle_timeout_seconds, r.no_progress_runs) == (5, None, None, 10, 14400, 1800, 3)
+    assert (config.git.auto_commit, config.git.commit_message_template) == (False, "[codex] run #{run_id}")
+    assert (config.server.host, config.server.port, config.server.base_path) == ("127.0.0.1", 4173, "")
+    assert (config.log.max_bytes, config.log.backup_count) == (10_000_000, 3)
+    assert config.doc_path("todo") == tmp_path.resolve() / ".codex-autorunner" / "TODO.md"
+
+
+def test_overrides_and_partial_sections(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "version: 2\nmode: repo\nrunner:\n  sleep_seconds: 0.5\n"
+                                         "  stop_after_runs: 4\nlog:\n  max_bytes: 1_000\n"))
+    assert config.runner.sleep_seconds == 0.5 and config.runner.stop_after_runs == 4
+    assert config.runner.kill_grace_seconds == 10  # untouched keys keep defaults
+    assert config.log.max_bytes == 1000 and config.log.backup_count == 3
+
+
+def test_hub_config_is_a_distinct_type_with_the_spec_keys(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "version: 2\nmode: hub\nhub:\n  log:\n    backup_count: 5\n"))
+    assert isinstance(config, HubConfig)
+    assert config.hub.repos_root == "." and config.hub.discover_depth == 1
+    assert config.hub.auto_init_missing is True
+    # a partial hub.log keeps the hub log's own path, not the repo default
+    assert config.log_path == tmp_path.resolve() / ".codex-autorunner" / "codex-autorunner-hub.log"
+    assert config.hub.log.backup_count == 5 and config.hub.log.max_bytes == 10_000_000
+
+
+@pytest.mark.parametrize("text, message", [
+    ("version: 2\nmode: repo\nrunner:\n  sleep_seconds: soon\n",
+     r"config.yml:4: runner.sleep_seconds: expected a number >= 0, got 'soon'"),
+    ("version: 2\nmode: repo\ngit:\n  auto_commit: 'yes'\n", r":4: git.auto_commit: expected true or false"),
+    ("version: 2\nmode: repo\ncodex:\n  args: exec\n", r":4: codex.args: expected a list of strings"),
+    ("version: 2\nmode: repo\nrunner: [1\n", r"config.yml:4: invalid YAML: expected ',' or '\]'.*started at line 3"),
+    ("version: 1\nmode: repo\n", r":1: version: expected 2"),
+    ("version: 2\nmode: both\n", r":2: mode: expected 'repo' or 'hub'"),
+    ("- a list\n", r"expected a mapping of settings"),
+    ("version: 2\nrunner: 5\n", r":2: runner: expected a mapping"),
+    ("version: 2\nlog:\n  backup_count: -1\n", r"log.backup_count: expected a whole number >= 0, got -1"),
+])
+def test_errors_name_file_line_key_and_expectation(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_keys_are_warnings_not_errors(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "version: 2\nmode: repo\nextra: 1\nrunner:\n  typo_seconds: 3\n"))
+    assert any("unknown key extra" in w for w in config.warnings)
+    assert any("unknown key runner.typo_seconds" in w for w in config.warnings)
+
+
+def test_nearest_config_walking_up(tmp_path: Path) -> None:
+    hub = write(tmp_path, "version: 2\nmode: hub\n")
+    repo = write(tmp_path / "repo", "version: 2\nmode: repo\n")
+    deep = tmp_path / "repo" / "src" / "pkg"
+    deep.mkdir(parents=True)
+    assert find_config(deep) == repo
+    assert find_config(tmp_path / "repo") == repo
+    other = tmp_path / "other"
+    other.mkdir()
+    assert find_config(other) == hub
+
+
+def test_no_config_anywhere(tmp_path: Path) -> None:
+    assert find_config(tmp_path) is None or not str(find_config(tmp_path)).startswith(str(tmp_path))

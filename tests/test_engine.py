@@ -1,0 +1,345 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from car.config import load_config
+from car.engine import Engine, reconcile
+from car.errors import AgentError, LockError
+from car.layout import RepoLayout
+from car.lock import acquire_lock, clear_stale_lock, inspect_lock
+from car.logs import list_runs, log_files, read_run, run_output
+from car.state import load_state
+from car.status import LockStatus, StopReason
+from support import git, pid_alive, read_pids, update_config, wait_until, write_todo
+
+
+def engine(repo: Path, **runner) -> Engine:
+    if runner:
+        update_config(repo, runner=runner)
+    return Engine(load_config(repo / ".codex-autorunner" / "config.yml"))
+
+
+def state(repo: Path):
+    return load_state(RepoLayout(repo).state)
+
+
+def log_path(repo: Path) -> Path:
+    return repo / ".codex-autorunner" / "codex-autorunner.log"
+
+
+def loop_in_thread(eng: Engine, once: bool = False):
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("reason", eng.run_loop(once=once)), daemon=True)
+    t.start()
+    return t, result
+
+
+def test_loop_runs_until_todo_done(repo: Path) -> None:
+    reason = engine(repo).run_loop()
+    assert reason is StopReason.TODO_DONE
+    s = state(repo)
+    assert (s.status, s.stop_reason, s.last_run_id, s.last_exit_code, s.runner_pid) == ("idle", "todo_done", 2, 0, None)
+    assert "- [x] first" in (repo / ".codex-autorunner" / "TODO.md").read_text()
+    runs = list_runs(log_path(repo), 3)
+    assert [(r.id, r.exit_code, r.end) for r in runs] == [(1, 0, "code 0"), (2, 0, "code 0")]
+    lines = read_run(log_path(repo), 3, 1)
+    assert lines[0].endswith("=== run 1 start ===") and lines[-1].endswith("=== run 1 end (code 0) ===")
+    assert any("[run 1] fake-agent: checked off 'first'" in line for line in lines)
+    assert inspect_lock(RepoLayout(repo).lock).status is LockStatus.UNLOCKED
+
+
+def test_once_runs_one_item(repo: Path) -> None:
+    assert engine(repo).run_loop(once=True) is StopReason.STOP_AFTER_RUNS
+    assert state(repo).last_run_id == 1
+    assert "- [ ] second" in (repo / ".codex-autorunner" / "TODO.md").read_text()
+
+
+def test_empty_todo_stops_without_running_and_keeps_the_last_exit_code(repo: Path) -> None:
+    engine(repo).run_loop(once=True)
+    write_todo(repo, items=[], done=["all"])
+    assert engine(repo).run_loop() is StopReason.TODO_DONE
+    s = state(repo)
+    assert (s.last_run_id, s.last_exit_code, s.status) == (1, 0, "idle")
+
+
+def test_agent_failure_is_an_error_state(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_MODE", "fail")
+    assert engine(repo).run_loop() is StopReason.AGENT_FAILED
+    s = state(repo)
+    assert (s.status, s.last_exit_code, s.stop_reason) == ("error", 3, "agent_failed")
+    text = log_path(repo).read_text()
+    assert "fake-agent: error: the build is broken" in text and "=== run 1 end (code 3) ===" in text
+
+
+def test_stop_after_runs_counts_runs_of_this_loop(repo: Path) -> None:
+    write_todo(repo, ["a", "b", "c", "d"])
+    assert engine(repo, stop_after_runs=2).run_loop() is StopReason.STOP_AFTER_RUNS
+    assert state(repo).last_run_id == 2
+    assert engine(repo, stop_after_runs=1).run_loop() is StopReason.STOP_AFTER_RUNS
+    assert state(repo).last_run_id == 3  # not compared with the absolute run id
+
+
+def test_no_progress_stops_the_loop(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_MODE", "noop")
+    assert engine(repo, no_progress_runs=2).run_loop() is StopReason.NO_PROGRESS
+    assert state(repo).last_run_id == 2
+
+
+def test_blocked_line_stops_after_the_run(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_MODE", "blocked")
+    assert engine(repo).run_loop() is StopReason.BLOCKED
+    assert state(repo).last_run_id == 1 and state(repo).stop_reason == "blocked"
+
+
+def test_wallclock_limit(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_MODE", "silent")
+    assert engine(repo, max_wallclock_seconds=1).run_loop() is StopReason.WALLCLOCK
+    assert state(repo).stop_reason == "wallclock"
+
+
+def test_request_stop_ends_after_the_current_run(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_SLEEP", "0.5")
+    write_todo(repo, ["a", "b", "c"])
+    eng = engine(repo)
+    t, result = loop_in_thread(eng)
+    wait_until(lambda: eng.current_run_id == 1, what="run 1 to start")
+    eng.request_stop()
+    t.join(20)
+    assert result["reason"] is StopReason.STOPPED
+    s = state(repo)
+    assert (s.last_run_id, s.last_exit_code, s.status) == (1, 0, "idle")  # run 1 finished normally
+
+
+def test_stop_file_from_another_process_ends_after_the_run(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_SLEEP", "0.5")
+    write_todo(repo, ["a", "b", "c"])
+    eng = engine(repo)
+    t, result = loop_in_thread(eng)
+    wait_until(lambda: eng.current_run_id == 1, what="run 1 to start")
+    RepoLayout(repo).stop.write_text("stop\n")
+    t.join(20)
+    assert result["reason"] is StopReason.STOPPED and state(repo).last_run_id == 1
+
+
+def test_an_old_stop_file_does_not_stop_a_new_loop(repo: Path) -> None:
+    RepoLayout(repo).stop.write_text("stop\n")
+    assert engine(repo).run_loop() is StopReason.TODO_DONE
+    assert not RepoLayout(repo).stop.exists()
+
+
+def hang(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    pidfile = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
+    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    return pidfile
+
+
+def test_kill_ends_the_agent_and_its_child(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pidfile = hang(repo, monkeypatch, tmp_path)
+    eng = engine(repo)
+    t, result = loop_in_thread(eng)
+    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent and child")
+    assert all(pid_alive(p) for p in pids)
+    eng.kill()
+    t.join(20)
+    assert result["reason"] is StopReason.KILLED
+    assert not any(pid_alive(p) for p in pids), "a process of the killed run survived"
+    s = state(repo)
+    assert (s.status, s.stop_reason) == ("idle", "killed") and s.last_exit_code is not None
+    assert "=== run 1 end (code " in log_path(repo).read_text()
+    assert inspect_lock(RepoLayout(repo).lock).status is LockStatus.UNLOCKED
+
+
+def test_kill_escalates_when_the_agent_ignores_sigint(repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    pidfile = hang(repo, monkeypatch, tmp_path)
+    monkeypatch.setenv("FAKE_AGENT_IGNORE_INT", "1")
+    eng = engine(repo, kill_grace_seconds=1)
+    t, result = loop_in_thread(eng)
+    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent and child")
+    eng.kill()
+    t.join(20)
+    assert result["reason"] is StopReason.KILLED
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_kill_reaches_a_process_in_its_own_session(repo: Path, tmp_path: Path) -> None:
+    # like a Codex tool command: a new session escapes group signals; the run marker sweep ends it
+    script = tmp_path / "agent.py"
+    pidfile = tmp_path / "escaped"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(300)\n")
+    update_config(repo, codex={"binary": sys.executable, "args": [str(script)]})
+    eng = engine(repo)
+    t, result = loop_in_thread(eng)
+    pid = wait_until(lambda: pidfile.exists() and pidfile.read_text() and int(pidfile.read_text()),
+                     what="escaped process")
+    eng.kill()
+    t.join(20)
+    assert result["reason"] is StopReason.KILLED
+    wait_until(lambda: not pid_alive(pid), timeout=5, what="the escaped process to be swept")
+
+
+def test_run_timeout_watchdog(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pidfile = hang(repo, monkeypatch, tmp_path)
+    assert engine(repo, run_timeout_seconds=1).run_loop() is StopReason.RUN_TIMEOUT
+    assert not any(pid_alive(p) for p in read_pids(pidfile))
+    s = state(repo)
+    assert (s.status, s.stop_reason) == ("error", "run_timeout")
+    assert "car: run timeout: ending the agent" in log_path(repo).read_text()
+
+
+def test_idle_timeout_watchdog(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_MODE", "silent")
+    assert engine(repo, idle_timeout_seconds=1).run_loop() is StopReason.IDLE_TIMEOUT
+    assert state(repo).stop_reason == "idle_timeout"
+
+
+def test_output_keeps_the_idle_watchdog_quiet(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_MODE", "slow")
+    monkeypatch.setenv("FAKE_AGENT_LINES", "6")
+    monkeypatch.setenv("FAKE_AGENT_SLEEP", "0.4")
+    assert engine(repo, idle_timeout_seconds=1).run_loop(once=True) is StopReason.STOP_AFTER_RUNS
+
+
+def test_a_prompt_over_200kb_reaches_the_agent_whole(repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    spec = "".join(f"spec line {i} " + "y" * 80 + "\n" for i in range(3000))
+    (repo / ".codex-autorunner" / "SPEC.md").write_text(spec)
+    out = tmp_path / "prompt-seen"
+    monkeypatch.setenv("FAKE_AGENT_PROMPT_OUT", str(out))
+    engine(repo).run_loop(once=True)
+    seen = out.read_text()
+    assert len(seen.encode()) > 200_000
+    assert spec in seen
+    assert seen == RepoLayout(repo).rendered_prompt.read_text()
+
+
+def test_previous_output_feeds_the_next_prompt(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    out = tmp_path / "prompt-seen"
+    monkeypatch.setenv("FAKE_AGENT_PROMPT_OUT", str(out))
+    engine(repo).run_loop()
+    assert "fake-agent: checked off 'first'" in out.read_text()  # run 2's prompt holds run 1's output
+    assert run_output(log_path(repo), 3, 1).endswith("fake-agent: checked off 'first'")
+
+
+def test_flood_of_output_is_logged_whole(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_MODE", "flood")
+    monkeypatch.setenv("FAKE_AGENT_LINES", "20000")
+    engine(repo).run_loop(once=True)
+    lines = read_run(log_path(repo), 3, 1)
+    assert sum("fake-agent: line " in line for line in lines) == 20000
+
+
+def test_rotation_happens_between_runs_and_runs_are_read_from_backups(repo: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    update_config(repo, log={"max_bytes": 3000, "backup_count": 3})
+    monkeypatch.setenv("FAKE_AGENT_MODE", "flood")
+    monkeypatch.setenv("FAKE_AGENT_LINES", "20")
+    write_todo(repo, ["a", "b", "c"])
+    engine(repo).run_loop()
+    files = log_files(log_path(repo), 3)
+    assert len(files) >= 3
+    for f in files:  # every file holds whole runs: each start has its end in the same file
+        text = f.read_text()
+        assert text.count(" start ===") == text.count(" end (")
+    assert read_run(log_path(repo), 3, 1)[-1].endswith("=== run 1 end (code 0) ===")
+    assert [r.id for r in list_runs(log_path(repo), 3)] == [1, 2, 3]
+
+
+def test_auto_commit_stages_the_agents_changes(repo: Path) -> None:
+    update_config(repo, git={"auto_commit": True})
+    git(repo, "commit", "-q", "--allow-empty", "-m", "base")
+    engine(repo).run_loop(once=True)
+    assert git(repo, "log", "-1", "--format=%s").strip() == "[codex] run #1"
+    assert "work.txt" in git(repo, "show", "--name-only", "--format=", "HEAD")
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_auto_commit_with_nothing_to_commit_or_no_git(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    update_config(repo, git={"auto_commit": True})
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")  # the seeded .codex-autorunner/.gitignore is tracked
+    monkeypatch.setenv("FAKE_AGENT_MODE", "noop")
+    assert engine(repo).run_loop(once=True) is StopReason.STOP_AFTER_RUNS
+    assert "auto-commit" not in log_path(repo).read_text()
+    import shutil
+    shutil.rmtree(repo / ".git")
+    monkeypatch.setenv("FAKE_AGENT_MODE", "ok")
+    assert engine(repo).run_loop(once=True) is StopReason.STOP_AFTER_RUNS
+    assert state(repo).status == "idle"
+
+
+def test_missing_binary_is_reported_before_any_run(repo: Path) -> None:
+    update_config(repo, codex={"binary": "no-such-agent-binary"})
+    with pytest.raises(AgentError, match=r"'no-such-agent-binary' not found on PATH.*codex.binary"):
+        engine(repo).run_loop()
+    assert state(repo).last_run_id is None
+    assert inspect_lock(RepoLayout(repo).lock).status is LockStatus.UNLOCKED
+
+
+def test_live_lock_blocks_and_names_the_holder(repo: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = RepoLayout(repo).lock
+        lock.write_text(json.dumps({"pid": holder.pid, "pid_started": None, "started_at": "then"}))
+        assert inspect_lock(lock).status is LockStatus.LOCKED_ALIVE
+        with pytest.raises(LockError, match=f"held by pid {holder.pid}"):
+            engine(repo).run_loop()
+        with pytest.raises(LockError):
+            clear_stale_lock(lock)
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_lock_is_reported_and_cleared_only_by_resume(repo: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = RepoLayout(repo).lock
+    lock.write_text(json.dumps({"pid": dead.pid, "pid_started": "1", "started_at": "then"}))
+    assert inspect_lock(lock).status is LockStatus.LOCKED_STALE
+    with pytest.raises(LockError, match="stale lock.*car resume"):
+        engine(repo).run_loop()
+    assert clear_stale_lock(lock) and not lock.exists()
+
+
+def test_recycled_pid_reads_as_stale(repo: Path) -> None:
+    lock = RepoLayout(repo).lock
+    lock.write_text(json.dumps({"pid": os.getpid(), "pid_started": "12345", "started_at": "then"}))
+    assert inspect_lock(lock).status is LockStatus.LOCKED_STALE  # our pid, another start time
+
+
+def test_acquired_lock_holds_pid_and_start_time(repo: Path) -> None:
+    info = acquire_lock(RepoLayout(repo).lock)
+    assert info.pid == os.getpid() and info.pid_started and info.status is LockStatus.LOCKED_ALIVE
+
+
+def test_reconcile_closes_a_run_whose_owner_died(repo: Path) -> None:
+    layout = RepoLayout(repo)
+    engine(repo).run_loop(once=True)
+    s = json.loads(layout.state.read_text())
+    s.update(status="running", last_run_id=2, last_run_finished_at=None, runner_pid=999999)
+    layout.state.write_text(json.dumps(s))
+    with log_path(repo).open("a") as fh:
+        fh.write("2026-01-01T00:00:00.000Z === run 2 start ===\n")
+    layout.lock.write_text(json.dumps({"pid": 999999, "pid_started": "1", "started_at": "then"}))
+    config = load_config(layout.config)
+    assert reconcile(config)
+    after = state(repo)
+    assert (after.status, after.stop_reason, after.runner_pid) == ("error", "interrupted", None)
+    assert read_run(log_path(repo), 3, 2)[-1].endswith("=== run 2 end (interrupted) ===")
+    assert not reconcile(config)  # once only
+    assert layout.lock.exists()  # reconcile never clears a lock

@@ -79,6 +79,7 @@ class Engine:
         self._stop = threading.Event()
         self.current_run_id: Optional[int] = None
         self.current_run_started_at: Optional[str] = None
+        self._fingerprint: Optional[str] = None
 
     # controls (any thread) -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -143,15 +144,19 @@ class Engine:
     def _requested_stop(self) -> Optional[StopReason]:
         if self._kill_reason is not None:
             return self._kill_reason
-        try:
-            text = self.layout.stop.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            text = None
+        text = self._stop_file()
         if text == "kill":
             return StopReason.KILLED
         if self._stop.is_set() or text is not None:
             return StopReason.STOPPED
         return None
+
+    def _stop_file(self) -> Optional[str]:
+        """'stop' or 'kill' when another process (car stop / car kill) asked; None otherwise."""
+        try:
+            return self.layout.stop.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
 
     def _todo_counts(self) -> TodoCounts:
         return parse_todos(read_doc(self.config.doc_path(DocKind.TODO.value)).content)
@@ -171,7 +176,8 @@ class Engine:
         state = load_state(layout.state)
         run_id = (state.last_run_id or 0) + 1
         docs = {k.value: read_doc(cfg.doc_path(k.value)).content for k in DocKind}
-        before = (parse_todos(docs[DocKind.TODO.value]), git.fingerprint(cfg.root))
+        # the last run's "after" serves as this run's "before": one git call per run, not two
+        before = (parse_todos(docs[DocKind.TODO.value]), self._fingerprint or git.fingerprint(cfg.root))
         prompt = render_prompt(self._template(), docs, self._previous_output(state.last_run_id),
                                cfg.prompt.prev_run_max_chars)
         write_atomic(layout.rendered_prompt, prompt)
@@ -187,6 +193,8 @@ class Engine:
 
         reader = self._reader_factory()
         end_reason, exit_code = self._run_agent(run_id, reader, wall_deadline)
+        if end_reason is None and self._stop_file() == "kill":
+            end_reason = StopReason.KILLED  # `car kill` in another process ended the agent
         if end_reason is None and (exit_code != 0 or reader.failure):
             why = reader.failure or f"exit code {exit_code}"
             self.log.write(f"car: the agent failed: {why}", run_id)
@@ -194,11 +202,13 @@ class Engine:
         if end_reason is None and self._blocked:
             end_reason = StopReason.BLOCKED
         after_todo = self._todo_counts()
-        progressed = after_todo != before[0] or git.fingerprint(cfg.root) != before[1]
+        self._fingerprint = git.fingerprint(cfg.root)
+        progressed = after_todo != before[0] or self._fingerprint != before[1]
         if cfg.git.auto_commit and exit_code == 0 and not reader.failure:
             note = git.auto_commit(cfg.root, cfg.git.commit_message_template.replace("{run_id}", str(run_id)))
             if note:
                 self.log.write(f"car: {note}", run_id)
+                self._fingerprint = None  # HEAD moved
         self.log.end_run(run_id, f"code {exit_code}")
         finished_at = utc_now()
         append_jsonl(layout.runs, {

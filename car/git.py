@@ -35,8 +35,8 @@ def fingerprint(root: Path) -> str:
     """A digest that changes when the repo's files change (git status + HEAD, else mtimes)."""
     h = hashlib.sha256()
     if is_work_tree(root):
-        for args in (("rev-parse", "HEAD"), ("status", "--porcelain", "--untracked-files=all")):
-            h.update(_git(root, *args)[1].encode())
+        # one call: v2 --branch carries HEAD's oid ("# branch.oid") next to the changes
+        h.update(_git(root, "status", "--porcelain=v2", "--branch", "--untracked-files=all")[1].encode())
         return h.hexdigest()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in (".git", CAR_DIR)]

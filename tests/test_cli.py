@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from car.cli import WRONG_MODE_REPO_CMD, main
+from car.layout import RepoLayout
+from support import (car_cmd, car_env, make_git_repo, pid_alive, read_pids, run_car, update_config,
+                     wait_until, write_todo)
+
+
+def start_car(repo: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(car_cmd(*args), cwd=repo, env=car_env(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 30) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def test_version_and_help() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    with pytest.raises(SystemExit):
+        main(["status", "--help"])
+
+
+def test_init_then_status_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    root = make_git_repo(tmp_path / "r")
+    monkeypatch.chdir(root)
+    assert main(["init"]) == 0
+    assert "initialized" in capsys.readouterr().out
+    (root / "src").mkdir()
+    monkeypatch.chdir(root / "src")  # nearest config upward
+    assert main(["status", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "idle" and data["lock_status"] == "unlocked" and data["outstanding_todos"] == 1
+
+
+def test_repo_flag_overrides_lookup(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--repo", str(repo), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outstanding_todos"] == 2
+    assert main(["status", "--repo", str(repo)]) == 0  # after the subcommand too
+
+
+def test_no_config_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--repo", str(tmp_path), "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "car init" in err
+
+
+def test_repo_command_at_a_hub_root_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    cfg = tmp_path / ".codex-autorunner" / "config.yml"
+    cfg.parent.mkdir()
+    cfg.write_text("version: 2\nmode: hub\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert WRONG_MODE_REPO_CMD.split("{")[0] in err and "mode: hub" in err and str(cfg) in err
+    assert err.count("\n") == 1
+
+
+def test_bad_config_is_one_line_naming_the_line(repo: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (repo / ".codex-autorunner" / "config.yml").write_text("version: 2\nrunner:\n  sleep_seconds: soon\n")
+    monkeypatch.chdir(repo)
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yml:3: runner.sleep_seconds: expected a number" in err and "Traceback" not in err
+
+
+def test_missing_agent_binary_is_reported_before_a_run(repo: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    update_config(repo, codex={"binary": "/nowhere/codex"})
+    monkeypatch.chdir(repo)
+    assert main(["run"]) == 1
+    assert "codex.binary" in capsys.readouterr().err
+    assert not (repo / ".codex-autorunner" / "codex-autorunner.log").read_text()
+    assert main(["doctor"]) == 1
+    assert "FAIL  agent binary /nowhere/codex does not exist" in capsys.readouterr().out
+
+
+def test_doctor_passes_on_a_good_repo(repo: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(repo)
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "all checks passed" in out and "ok    git repository" in out
+
+
+def test_run_and_log_by_run_id(repo: Path) -> None:
+    proc = run_car("run", cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    assert "loop ended: todo_done" in proc.stdout
+    out = run_car("log", "--run", "2", cwd=repo).stdout.splitlines()
+    assert out[0].endswith("=== run 2 start ===") and out[-1].endswith("=== run 2 end (code 0) ===")
+    missing = run_car("log", "--run", "9", cwd=repo)
+    assert missing.returncode == 1 and "runs 1..2 are in the log" in missing.stderr
+    assert len(run_car("log", "--tail", "3", cwd=repo).stdout.splitlines()) == 3
+
+
+def test_failed_run_exits_1(repo: Path) -> None:
+    proc = run_car("once", cwd=repo, env=car_env(FAKE_AGENT_MODE="fail"))
+    assert proc.returncode == 1 and "agent_failed" in proc.stdout
+
+
+def test_second_run_in_the_same_repo_exits_1_naming_the_holder(repo: Path, tmp_path: Path) -> None:
+    first = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(tmp_path / "pids"))
+    try:
+        wait_until(lambda: read_pids(tmp_path / "pids"), what="first loop's agent")
+        started = time.monotonic()
+        second = run_car("run", cwd=repo, timeout=10)
+        assert second.returncode == 1
+        assert f"held by pid {first.pid}" in second.stderr
+        assert time.monotonic() - started < 10
+    finally:
+        first.send_signal(signal.SIGTERM)
+        finish(first)
+
+
+def test_sigterm_ends_the_agent_records_the_run_and_unlocks(repo: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    proc = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
+    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent + child")
+    proc.send_signal(signal.SIGTERM)
+    out = finish(proc)
+    assert "loop ended: killed" in out
+    assert not any(pid_alive(p) for p in pids)
+    layout = RepoLayout(repo)
+    assert not layout.lock.exists()
+    state = json.loads(layout.state.read_text())
+    assert state["status"] == "idle" and state["stop_reason"] == "killed" and state["runner_pid"] is None
+    assert "=== run 1 end (code" in (repo / ".codex-autorunner" / "codex-autorunner.log").read_text()
+
+
+def test_kill_dash_9_of_car_run_is_reconciled(repo: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    proc = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
+    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent + child")
+    proc.kill()
+    finish(proc)
+    try:
+        status = run_car("status", "--json", cwd=repo)
+        data = json.loads(status.stdout)
+        assert data["state_status"] == "error" and data["stop_reason"] == "interrupted"
+        assert data["lock_status"] == "locked_stale" and data["status"] == "locked"
+        assert "closed as interrupted" in status.stderr
+        log = (repo / ".codex-autorunner" / "codex-autorunner.log").read_text()
+        assert log.rstrip().endswith("=== run 1 end (interrupted) ===")
+        again = run_car("run", cwd=repo)
+        assert again.returncode == 1 and "stale lock" in again.stderr and "car resume" in again.stderr
+        resumed = run_car("resume", "--once", cwd=repo, env=car_env(FAKE_AGENT_MODE="ok"))
+        assert resumed.returncode == 0, resumed.stderr
+        assert "cleared the stale lock" in resumed.stdout
+        assert json.loads((repo / ".codex-autorunner" / "state.json").read_text())["last_run_id"] == 2
+    finally:
+        for pid in pids:  # the agent outlived car run -9: that is what kill -9 does
+            if pid_alive(pid):
+                import os
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_between_runs_and_kill_from_another_process(repo: Path, tmp_path: Path) -> None:
+    write_todo(repo, ["a", "b", "c", "d"])
+    proc = start_car(repo, "run", FAKE_AGENT_MODE="slow", FAKE_AGENT_SLEEP="0.3", FAKE_AGENT_LINES="3")
+    wait_until(lambda: (repo / ".codex-autorunner" / "lock").exists(), what="the loop to lock")
+    stop = run_car("stop", cwd=repo)
+    assert stop.returncode == 0 and "stop requested" in stop.stdout
+    out = finish(proc)
+    assert "loop ended: stopped" in out
+    assert json.loads((repo / ".codex-autorunner" / "state.json").read_text())["last_run_id"] == 1
+
+    pidfile = tmp_path / "pids"
+    proc = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
+    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent + child")
+    killed = run_car("kill", cwd=repo)
+    assert killed.returncode == 0 and "killed the current run" in killed.stdout
+    assert "loop ended: killed" in finish(proc)
+    assert pid_alive(proc.pid) is False and not any(pid_alive(p) for p in pids)
+    assert run_car("stop", cwd=repo).stdout.startswith("car: no loop is running")

@@ -57,7 +57,7 @@ def build(output: Path) -> Path:
         stage_project(project)
         partial = output.with_name(output.name + ".partial")
         subprocess.run([sys.executable, "-m", "shiv", "--site-packages", str(site),
-                        "--entry-point", "car.cli:main", "--python", "/usr/bin/env python3",
+                        "--entry-point", "car.launch:main", "--python", "/usr/bin/env python3",
                         "--output-file", str(partial), "--reproducible", "--compressed",
                         str(project), "--no-deps", "--no-build-isolation", "--quiet"], check=True)
         partial.replace(output)  # never leave a half-built car.pyz behind

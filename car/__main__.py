@@ -1,3 +1,3 @@
-from car.cli import main
+from car.launch import main
 
 raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Pure tests of car.codex_events; the event lines were captured from the real codex 0.169.0."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from car.codex_events import (
+    MAX_LINE_CHARS,
+    SNIFF_MAX_TEXT_LINES,
+    CodexReader,
+    OutputReader,
+    TokenUsage,
+    display_command,
+    make_reader,
+)
+
+WARNING = ('{"type":"item.completed","item":{"id":"item_0","type":"error","message":"Model '
+           'metadata for `mock-model` not found. Defaulting to fallback metadata; this can degrade '
+           'performance and cause issues."}}')
+HAPPY = [
+    '{"type":"thread.started","thread_id":"01a20dda-bddd-7a82-938e-66da1ae57561"}',
+    WARNING,
+    '{"type":"turn.started"}',
+    '{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \\"sed -i \'0,/- \\\\\\\\[ \\\\\\\\]/s//- [x]/\' TODO.md && echo ok\\"","aggregated_output":"","exit_code":null,"status":"in_progress"}}',  # noqa: E501
+    '{"type":"item.completed","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \\"sed -i \'0,/- \\\\\\\\[ \\\\\\\\]/s//- [x]/\' TODO.md && echo ok\\"","aggregated_output":"ok\\n","exit_code":0,"status":"completed"}}',  # noqa: E501
+    '{"type":"item.completed","item":{"id":"item_2","type":"agent_message","text":"Done.\\nTicked one."}}',  # noqa: E501
+    '{"type":"turn.completed","usage":{"input_tokens":1500,"cached_input_tokens":400,"cache_write_input_tokens":0,"output_tokens":100,"reasoning_output_tokens":20}}',
+]
+FAILED_COMMAND = [
+    '{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \'echo héllo; for i in 1 2 3 4 5 6 7 8 9; do echo line$i; done; exit 2\'","aggregated_output":"","exit_code":null,"status":"in_progress"}}',  # noqa: E501
+    '{"type":"item.completed","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \'echo héllo; for i in 1 2 3 4 5 6 7 8 9; do echo line$i; done; exit 2\'","aggregated_output":"héllo\\nline1\\nline2\\nline3\\nline4\\nline5\\nline6\\nline7\\nline8\\nline9\\n","exit_code":2,"status":"failed"}}',  # noqa: E501
+    '{"type":"item.completed","item":{"id":"item_2","type":"agent_message","text":"it failed ✗"}}',
+]
+HTTP_500 = [
+    '{"type":"thread.started","thread_id":"01a20dda-ddd8-7572-858a-320f591fdcfa"}',
+    WARNING,
+    '{"type":"turn.started"}',
+    '{"type":"error","message":"We’re currently experiencing high demand, which may cause temporary errors."}',  # noqa: E501, RUF001
+    '{"type":"turn.failed","error":{"message":"We’re currently experiencing high demand, which may cause temporary errors."}}',  # noqa: E501, RUF001
+]
+HIGH_DEMAND = "We’re currently experiencing high demand, which may cause temporary errors."  # noqa: RUF001
+
+
+def feed_all(reader: OutputReader, lines: list[str]) -> list[str]:
+    return [text for line in lines for text in reader.feed(line + "\n")]
+
+
+def test_happy_path_reads_as_a_log() -> None:
+    reader = make_reader()
+    assert feed_all(reader, HAPPY) == [
+        "codex thread 01a20dda-bddd-7a82-938e-66da1ae57561",
+        "warning: Model metadata for `mock-model` not found. Defaulting to fallback metadata; "
+        "this can degrade performance and cause issues.",
+        "$ sed -i '0,/- \\[ \\]/s//- [x]/' TODO.md && echo ok",
+        "✓ exit 0: sed -i '0,/- \\[ \\]/s//- [x]/' TODO.md && echo ok",
+        "  ok",
+        "agent: Done.",
+        "agent: Ticked one.",
+        "tokens: input=1500 cached=400 output=100 reasoning=20",
+    ]
+    assert reader.final_message == "Done.\nTicked one."
+    assert reader.usage == TokenUsage(1500, 400, 100, 20)
+    assert reader.failure is None  # the model-metadata warning is harmless
+
+
+def test_failed_command_shows_exit_code_and_output_tail() -> None:
+    reader = CodexReader()
+    assert feed_all(reader, FAILED_COMMAND) == [
+        "$ echo héllo; for i in 1 2 3 4 5 6 7 8 9; do echo line$i; done; exit 2",
+        "✗ exit 2: echo héllo; for i in 1 2 3 4 5 6 7 8 9; do echo line$i; done; exit 2",
+        "  … 5 more lines",
+        "  line5", "  line6", "  line7", "  line8", "  line9",
+        "agent: it failed ✗",
+    ]
+    assert reader.failure is None  # a failed tool command is the model's business
+    assert reader.usage is None  # no turn.completed seen
+
+
+def test_http_500_sets_failure() -> None:
+    reader = make_reader()
+    lines = feed_all(reader, HTTP_500)
+    assert lines[-2:] == [f"error: {HIGH_DEMAND}", f"turn failed: {HIGH_DEMAND}"]
+    assert reader.failure == HIGH_DEMAND
+    assert reader.final_message is None and reader.usage is None
+
+
+def test_harmless_error_event_is_not_a_failure_but_others_are() -> None:
+    reader = CodexReader()
+    harmless = json.loads(WARNING)["item"]["message"]
+    assert reader.feed(json.dumps({"type": "error", "message": harmless})) == [f"error: {harmless}"]
+    assert reader.failure is None
+    reader.feed('{"type":"error","message":"stream disconnected before completion: x"}')
+    assert reader.failure == "stream disconnected before completion: x"
+    reader.feed('{"type":"turn.failed","error":{}}')
+    assert reader.failure == "(no message)"  # still truthy
+
+
+def test_usage_is_summed_over_turns() -> None:
+    reader = CodexReader()
+    turn = {"type": "turn.completed", "usage": {"input_tokens": 10, "cached_input_tokens": 2,
+                                                "output_tokens": 3, "reasoning_output_tokens": 1}}
+    assert reader.feed(json.dumps(turn)) == ["tokens: input=10 cached=2 output=3 reasoning=1"]
+    reader.feed(json.dumps(turn))
+    assert reader.usage is not None
+    assert reader.usage.to_json() == {"input_tokens": 20, "cached_input_tokens": 4,
+                                      "output_tokens": 6, "reasoning_output_tokens": 2}
+
+
+def test_token_usage_add() -> None:
+    total = TokenUsage()
+    total.add(TokenUsage(1, 2, 3, 4))
+    total.add(TokenUsage(input_tokens=10))
+    assert total == TokenUsage(11, 2, 3, 4)
+
+
+def test_raw_agent_output_stays_raw() -> None:
+    reader = make_reader()
+    assert reader.feed("fake-agent: 12 chars of prompt\n") == ["fake-agent: 12 chars of prompt"]
+    assert reader.feed('{"progress": 1}') == ['{"progress": 1}']  # first JSON line decides
+    assert reader.feed(HAPPY[0]) == [HAPPY[0]]  # raw stays raw
+    assert (reader.final_message, reader.usage, reader.failure) == (None, None, None)
+
+
+def test_many_text_lines_decide_raw() -> None:
+    reader = make_reader()
+    feed_all(reader, [f"line {i}" for i in range(SNIFF_MAX_TEXT_LINES)])
+    assert reader.feed(HAPPY[-1]) == [HAPPY[-1]]
+    assert reader.usage is None
+
+
+def test_stderr_lines_before_the_first_event_do_not_decide() -> None:
+    stderr = ('WARNING: proceeding, even though we could not create PATH aliases: Refusing to '
+              'create helper binaries under temporary dir "/tmp"')
+    reader = make_reader()
+    assert reader.feed("\n") == [""]
+    assert reader.feed(stderr + "\n") == [stderr]
+    feed_all(reader, HAPPY)
+    assert reader.final_message == "Done.\nTicked one."
+
+
+def test_non_json_line_inside_codex_stream_passes_through() -> None:
+    reader = make_reader()
+    reader.feed(HAPPY[0])
+    assert reader.feed("Reading prompt from stdin...\n") == ["Reading prompt from stdin..."]
+    assert reader.feed('{"not":"an event"}') == ['{"not":"an event"}']
+    assert reader.feed("   \n") == []
+
+
+@pytest.mark.parametrize("line", [
+    '{"type":"item.completed","item":5}',
+    '{"type":"item.completed","item":{"type":"command_execution","exit_code":"x",'
+    '"aggregated_output":5,"command":["a"]}}',
+    '{"type":"item.completed","item":{"type":"agent_message","text":null}}',
+    '{"type":"item.completed","item":{"type":"file_change","changes":"nope"}}',
+    '{"type":"item.updated","item":{"type":"todo_list","items":[1,{"text":2}]}}',
+    '{"type":"turn.completed","usage":"lots"}',
+    '{"type":"turn.failed","error":null}',
+    '{"type":"error"}',
+    '{"type":5}', "[1,2]", "null", '{"type":"item.completed","item":{"ty',
+    "\x00\udcff garbage \u2603", '{"type":"thread.started","thread_id":{"a":1}}',
+])
+def test_malformed_input_never_raises(line: str) -> None:
+    reader = make_reader()
+    reader.feed(HAPPY[0])
+    lines = reader.feed(line)
+    assert all(isinstance(text, str) for text in lines)
+
+
+def test_long_lines_are_clipped() -> None:
+    item = {"type": "command_execution", "command": "x" * 1000, "exit_code": 0,
+            "aggregated_output": "y" * 1000}
+    lines = CodexReader().feed(json.dumps({"type": "item.completed", "item": item}))
+    assert [len(text) for text in lines] == [MAX_LINE_CHARS, MAX_LINE_CHARS]
+
+
+def test_other_items() -> None:
+    reader = CodexReader()
+    plan = {"type": "item.updated", "item": {"id": "item_3", "type": "todo_list", "items": [
+        {"text": "read", "completed": True}, {"text": "write", "completed": False}]}}
+    assert reader.feed(json.dumps(plan)) == ["plan:", "  [x] read", "  [ ] write"]
+    assert reader.feed(json.dumps(plan)) == []  # unchanged: not repeated
+    change = {"type": "item.completed", "item": {"type": "file_change", "status": "completed",
+                                                 "changes": [{"path": "a.py", "kind": "add"}]}}
+    assert reader.feed(json.dumps(change)) == ["file add: a.py"]
+    novel = {"type": "item.completed", "item": {"type": "collab_tool_call"}}
+    assert reader.feed(json.dumps(novel)) == ["item collab_tool_call"]
+    killed = {"type": "item.completed", "item": {"type": "command_execution", "command": "sleep 9",
+                                                 "exit_code": None, "status": "declined"}}
+    assert reader.feed(json.dumps(killed)) == ["✗ declined: sleep 9"]
+
+
+@pytest.mark.parametrize(("command", "shown"), [
+    ("/bin/bash -lc 'ls -la'", "ls -la"),
+    ('bash -c "echo \\"hi\\""', 'echo "hi"'),
+    ("/bin/bash -lc 'cat <<EOF\na\nb\nEOF'", "cat <<EOF … (+3 lines)"),
+    ("python3 -V", "python3 -V"),
+    ("unbalanced 'quote", "unbalanced 'quote"),
+])
+def test_display_command(command: str, shown: str) -> None:
+    assert display_command(command) == shown

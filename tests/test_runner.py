@@ -13,6 +13,7 @@ from car.config import load_config
 from car.errors import Conflict, LockError
 from car.layout import RepoLayout
 from car.runner import RepoRunner
+
 from support import pid_alive, read_pids, update_config, wait_until, write_todo
 
 

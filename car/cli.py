@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,17 +12,17 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from car import __version__
-from car.agent import end_run_elsewhere, resolve_binary
+from car.agent import resolve_binary
 from car.bootstrap import describe_git, init_repo
 from car.config import AnyConfig, HubConfig, RepoConfig, find_config, load_config
 from car.docs import DocKind, parse_todos, read_doc
 from car.engine import ERROR_REASONS, Engine, reconcile
-from car.errors import CarError, ConfigError, UsageError
-from car.files import write_atomic
+from car.errors import CarError, ConfigError, Conflict, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.lock import clear_stale_lock, inspect_lock
-from car.logs import follow, list_runs, log_files, read_run, tail
+from car.logs import follow, list_runs, read_run, tail
 from car.repo_view import view_repo
+from car.runner import kill_elsewhere, stop_elsewhere
 from car.status import LockStatus, StopReason
 
 NO_CONFIG = ("no {car}/{cfg} in {where} or any parent directory; run `car init` in the repo's root "
@@ -126,26 +125,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    config = repo_config(args)
-    layout = RepoLayout(config.root)
-    info = inspect_lock(layout.lock)
-    if info.status is not LockStatus.LOCKED_ALIVE:
-        print(f"car: no loop is running in {config.root}; nothing to stop")
+    try:
+        info = stop_elsewhere(repo_config(args))
+    except Conflict as exc:  # nothing running is not a failure: the wish is already true
+        print(f"car: {exc}")
         return 0
-    write_atomic(layout.stop, "stop\n")
     print(f"car: stop requested; pid {info.pid} ends its loop after the current run")
     return 0
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    config = repo_config(args)
-    layout = RepoLayout(config.root)
-    info = inspect_lock(layout.lock)
-    if info.status is not LockStatus.LOCKED_ALIVE:
-        print(f"car: no loop is running in {config.root}; nothing to kill")
+    try:
+        info = kill_elsewhere(repo_config(args))
+    except Conflict as exc:
+        print(f"car: {exc}")
         return 0
-    write_atomic(layout.stop, "kill\n")  # tells the owning loop why its agent died
-    end_run_elsewhere(info.agent_pgid, info.run_token, config.runner.kill_grace_seconds)
     print(f"car: killed the current run of pid {info.pid}" +
           (f" (agent group {info.agent_pgid})" if info.agent_pgid else " (it was between runs)"))
     return 0

@@ -14,9 +14,31 @@ from car.errors import Conflict, LockError
 from car.feed import Feed
 from car.files import write_atomic
 from car.layout import RepoLayout
-from car.lock import clear_stale_lock, inspect_lock, lock_held_message
+from car.lock import LockInfo, clear_stale_lock, inspect_lock, lock_held_message
 from car.repo_view import RepoView, view_repo
 from car.status import LockStatus, StopReason
+
+
+def _live_lock(config: RepoConfig, verb: str) -> LockInfo:
+    info = inspect_lock(RepoLayout(config.root).lock)
+    if info.status is not LockStatus.LOCKED_ALIVE:
+        raise Conflict(f"no loop is running in {config.root}; nothing to {verb}")
+    return info
+
+
+def stop_elsewhere(config: RepoConfig) -> LockInfo:
+    """Ask the loop another car process runs to stop after its current run (the stop file)."""
+    info = _live_lock(config, "stop")
+    write_atomic(RepoLayout(config.root).stop, "stop\n")
+    return info
+
+
+def kill_elsewhere(config: RepoConfig) -> LockInfo:
+    """End the current run of a loop another car process runs: its agent group, never its pid."""
+    info = _live_lock(config, "kill")
+    write_atomic(RepoLayout(config.root).stop, "kill\n")  # tells the owning loop why its agent died
+    end_run_elsewhere(info.agent_pgid, info.run_token, config.runner.kill_grace_seconds)
+    return info
 
 
 class RepoRunner:
@@ -70,10 +92,7 @@ class RepoRunner:
         if engine is not None:
             engine.request_stop()
             return
-        if inspect_lock(self.layout.lock).status is LockStatus.LOCKED_ALIVE:
-            write_atomic(self.layout.stop, "stop\n")  # another car process runs it
-            return
-        raise Conflict(f"{self.config.root.name} is not running; nothing to stop")
+        stop_elsewhere(self.config)
 
     def kill(self) -> None:
         """End the current run now: the agent's group and every process of the run."""
@@ -81,12 +100,7 @@ class RepoRunner:
         if engine is not None:
             engine.kill(StopReason.KILLED)
             return
-        info = inspect_lock(self.layout.lock)
-        if info.status is LockStatus.LOCKED_ALIVE:
-            write_atomic(self.layout.stop, "kill\n")
-            end_run_elsewhere(info.agent_pgid, info.run_token, self.config.runner.kill_grace_seconds)
-            return
-        raise Conflict(f"{self.config.root.name} is not running; nothing to kill")
+        kill_elsewhere(self.config)
 
     def view(self) -> RepoView:
         engine = self._current_engine()

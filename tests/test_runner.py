@@ -56,7 +56,7 @@ def test_start_twice_is_a_conflict_and_stop_ends_after_the_run(repo: Path, pool,
     runner.wait(timeout=30)
     view = runner.view()
     assert (view.stop_reason, view.last_run_id, view.status) == ("stopped", 1, "idle")
-    with pytest.raises(Conflict, match="not running"):
+    with pytest.raises(Conflict, match="no loop is running"):
         runner.request_stop()
 
 

@@ -58,7 +58,7 @@ def build(output: Path) -> Path:
         partial = output.with_name(output.name + ".partial")
         subprocess.run([sys.executable, "-m", "shiv", "--site-packages", str(site),
                         "--entry-point", "car.launch:main", "--python", "/usr/bin/env python3",
-                        "--output-file", str(partial), "--reproducible", "--compressed",
+                        "--output-file", str(partial), "--reproducible", "--compressed", "--compile-pyc",
                         str(project), "--no-deps", "--no-build-isolation", "--quiet"], check=True)
         partial.replace(output)  # never leave a half-built car.pyz behind
     return output

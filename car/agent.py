@@ -19,6 +19,7 @@ from car.errors import AgentError
 
 TOKEN_VAR = "CAR_RUN_TOKEN"
 MAX_LINE_BYTES = 64 * 1024
+SWEEP_GRACE_SECONDS = 1.0  # between the sweep's SIGTERM and its SIGKILL
 
 
 class Event:
@@ -108,10 +109,11 @@ class AgentProcess:
 
     def clean_up(self) -> None:
         """End whatever of the run is left (the leader has exited or is being killed)."""
-        signal_group(self.popen.pid, signal.SIGKILL)
+        sweep_token(self.token)  # SIGTERM first: see sweep_token
+        signal_group(self.popen.pid, signal.SIGKILL)  # members that dropped the marker
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(5)
-        sweep_token(self.token)
+        sweep_token(self.token, grace_seconds=0)
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -142,16 +144,31 @@ def pids_with_token(token: str) -> List[int]:
     return found
 
 
-def sweep_token(token: str, rounds: int = 3) -> None:
-    """SIGKILL every process of the run, including tool commands in sessions of their own."""
+def sweep_token(token: str, grace_seconds: float = SWEEP_GRACE_SECONDS, rounds: int = 3) -> None:
+    """End every process of the run, including tool commands in sessions of their own:
+    SIGTERM, then SIGKILL what is left after `grace_seconds`."""
+    # SIGTERM first lets a shell run its EXIT trap. Codex's shell snapshot (`bash -lc` sourcing
+    # ~/.bashrc) can outlive a short run; SIGKILLed inside `pyenv rehash`, it left pyenv's lock
+    # file behind, and every later login shell on the machine then waited 60 s for it.
+    pids = pids_with_token(token)
+    if pids and grace_seconds > 0:
+        _signal_pids(pids, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.01)  # a /proc scan costs ~1 ms; most processes go at once
+            pids = pids_with_token(token)  # a zombie's environ cannot be read: gone for us
     for _ in range(rounds):
-        pids = pids_with_token(token)
         if not pids:
             return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        _signal_pids(pids, signal.SIGKILL)
         time.sleep(0.05)  # let the kernel reap before looking again
+        pids = pids_with_token(token)
+
+
+def _signal_pids(pids: List[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def end_run_elsewhere(pgid: Optional[int], token: Optional[str], grace_seconds: float) -> None:

@@ -5,6 +5,9 @@ A script is a list of turns, one per POST /v1/responses:
     {"message": "text"}     a final assistant message (ends the exec)
     {"fault": "http500" | "failed" | "drop" | "stall"}
 Any turn may carry "usage": {"input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"}.
+Several agents at once (e.g. a hub running two repos): pass {text: turns} instead of one list;
+each request plays the next turn of the first script whose text its body contains (Codex sends
+its working directory in every request, so a repo's path makes a good key).
 
     with ModelServer([{"shell": "ls"}, {"message": "done"}]) as srv:
         home = write_codex_home(tmp_path / "home", srv.base_url)
@@ -147,18 +150,18 @@ class _Server(ThreadingHTTPServer):
 class ModelServer:
     """Serves `script` on 127.0.0.1:0; bounded by `max_requests` and `max_lifetime_seconds`."""
 
-    def __init__(self, script: list[dict[str, Any]], max_requests: int = 50,
-                 max_lifetime_seconds: float = 120.0) -> None:
-        for turn in script:
+    def __init__(self, script: list[dict[str, Any]] | dict[str, list[dict[str, Any]]],
+                 max_requests: int = 50, max_lifetime_seconds: float = 120.0) -> None:
+        self.scripts = {k: list(v) for k, v in script.items()} if isinstance(script, dict) else {"": list(script)}
+        for turn in (t for turns in self.scripts.values() for t in turns):
             assert turn.get("fault") in (None, *FAULTS), f"unknown fault in {turn}"
-        self.script = list(script)
         self.max_requests = max_requests
         self.requests: list[dict[str, Any]] = []  # bodies of POST .../responses, in order
         self.request_lines: list[str] = []  # every request, e.g. "GET /v1/models"
         self.stopped = threading.Event()  # set first by close(): ends stalled streams
         self._done = threading.Event()
         self._guard = threading.Lock()
-        self._turns_used = 0
+        self._turns_used = {key: 0 for key in self.scripts}  # per script
         self._closed = False
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
@@ -179,11 +182,18 @@ class ModelServer:
             if body is None or not line.rstrip("/").endswith("/responses"):
                 return None, 0
             self.requests.append(body)
+            key = self._script_for(body)
             over_cap = len(self.request_lines) > self.max_requests
-            if over_cap or self._turns_used >= len(self.script):
+            if over_cap or key is None or self._turns_used[key] >= len(self.scripts[key]):
                 return None, 0
-            self._turns_used += 1
-            return self.script[self._turns_used - 1], self._turns_used
+            self._turns_used[key] += 1
+            return self.scripts[key][self._turns_used[key] - 1], len(self.requests)
+
+    def _script_for(self, body: dict[str, Any]) -> str | None:
+        """The key of the script this request plays: the first whose text the body holds."""
+        text = json.dumps(body, ensure_ascii=False)
+        return next((key for key in self.scripts if key and key in text),
+                    "" if "" in self.scripts else None)
 
     def close(self) -> None:
         """Stop serving; ends stalled streams at once. Safe to call twice, from any thread."""

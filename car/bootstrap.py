@@ -9,11 +9,11 @@ from typing import Any, List, Optional
 import yaml
 
 from car import git
-from car.config import RepoConfig, default_data, load_config, parse_config
+from car.config import HubConfig, RepoConfig, default_data, default_text, load_config, parse_config
 from car.docs import DocKind
 from car.errors import ConfigError, InitError, UsageError
 from car.files import dump_yaml, write_atomic
-from car.layout import GITIGNORE_TEXT, RepoLayout
+from car.layout import GITIGNORE_TEXT, HubLayout, RepoLayout
 from car.prompt import DEFAULT_TEMPLATE
 from car.state import RepoState, save_state
 
@@ -69,7 +69,7 @@ def _merge(defaults: Any, user: Any) -> Any:
 def _write_config(layout: RepoLayout, force: bool, report: InitReport) -> None:
     path = layout.config
     if not path.exists():
-        write_atomic(path, dump_yaml(default_data("repo")))
+        write_atomic(path, default_text("repo"))
         report.note(path, "created")
         return
     text = path.read_text(encoding="utf-8")
@@ -80,7 +80,7 @@ def _write_config(layout: RepoLayout, force: bool, report: InitReport) -> None:
             load_config(path)  # raises the ConfigError with the line
         backup = path.with_name(path.name + ".bak")
         write_atomic(backup, text)
-        write_atomic(path, dump_yaml(default_data("repo")))
+        write_atomic(path, default_text("repo"))
         report.note(backup, "invalid YAML saved as")
         report.note(path, "rewritten with defaults")
         return
@@ -159,6 +159,38 @@ def init_repo(root: Path, force: bool = False, git_init: bool = False) -> InitRe
                         f"fix the permissions or path and init again") from exc
     except ConfigError:
         raise
+    return report
+
+
+def init_hub(root: Path) -> InitReport:
+    """Make `root` a hub root: hub config (mode: hub), an empty manifest, the .gitignore; idempotent."""
+    from car.manifest import Manifest, save_manifest  # here: repo commands need not load it
+
+    root = root.resolve()
+    layout = HubLayout(root)
+    report = InitReport(root)
+    try:
+        if layout.dir.exists() and not layout.dir.is_dir():
+            raise InitError(f"{layout.dir} exists and is not a directory; move it away and init again")
+        layout.dir.mkdir(parents=True, exist_ok=True)
+        _write_template(layout.gitignore, GITIGNORE_TEXT, False, report)
+        if layout.config.exists():
+            report.note(layout.config, "kept")
+        else:
+            write_atomic(layout.config, default_text("hub"))
+            report.note(layout.config, "created")
+        config = load_config(layout.config)
+        if not isinstance(config, HubConfig):
+            raise UsageError(f"{layout.config} is a repo config (mode: repo); `car hub init` sets up a hub: "
+                             f"run it in the directory above the repos")
+        if config.manifest_path.exists():
+            report.note(config.manifest_path, "kept")
+        else:
+            save_manifest(config.manifest_path, Manifest())
+            report.note(config.manifest_path, "created")
+    except OSError as exc:
+        raise InitError(f"cannot initialize the hub at {root}: {exc.strerror} ({exc.filename or root}); "
+                        f"fix the permissions or path and init again") from exc
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, List, Optional, Tuple, Union
 import yaml
 
 from car.errors import ConfigError
+from car.files import dump_yaml
 from car.layout import CAR_DIR, CONFIG_NAME
 
 VERSION = 2
@@ -151,12 +153,21 @@ def default_data(mode: str) -> dict[str, Any]:
     return data
 
 
+@functools.lru_cache(maxsize=None)
+def default_text(mode: str) -> str:
+    """The default config of a mode as YAML text (what init writes), built once per process."""
+    return dump_yaml(default_data(mode))
+
+
 def load_config(path: Path) -> AnyConfig:
     """Read and validate one config.yml; every problem is a ConfigError naming file and key."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    for mode, cls in _SECTIONS.items():
+        if text == default_text(mode):  # an untouched config: skip the (pure-Python, slow) YAML parse
+            return cls(root=path.resolve().parent.parent)
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)

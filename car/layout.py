@@ -50,6 +50,16 @@ class RepoLayout:
         """One JSON line per finished run (tokens, outcome): survives log rotation."""
         return self.dir / "runs.jsonl"
 
+    @property
+    def token(self) -> Path:
+        """`car serve --allow-remote`'s access token (mode 0600, reused across restarts)."""
+        return self.dir / "token"
+
+    @property
+    def web_log(self) -> Path:
+        """`car serve`'s access log: one writer per file, so not the run log."""
+        return self.dir / "codex-autorunner-web.log"
+
 
 @dataclass(frozen=True)
 class HubLayout:

@@ -7,6 +7,7 @@ import logging.handlers
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -32,17 +33,26 @@ class RunRecord:
                 "exit_code": self.exit_code, "end": self.end}
 
 
-def make_logger(name: str, path: Path, backup_count: int) -> logging.Logger:
-    """A logger with its own RotatingFileHandler; replaces any handler a previous owner left."""
+def make_logger(name: str, path: Path, backup_count: int, max_bytes: int = 0,
+                stamped: bool = False) -> logging.Logger:
+    """A logger with its own RotatingFileHandler; replaces any handler a previous owner left.
+
+    max_bytes=0 (run logs): never rolls over by itself, RunLog decides when (between runs);
+    > 0 (the hub log, lines without runs): rolls over before a line would pass it."""
     logger = logging.getLogger(name)
     for old in list(logger.handlers):
         logger.removeHandler(old)
         old.close()
     path.parent.mkdir(parents=True, exist_ok=True)
-    # maxBytes=0: the handler never rolls over by itself; RunLog decides when (between runs)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=0, backupCount=backup_count,
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count,
                                                    encoding="utf-8", delay=True)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    if stamped:  # ISO-8601 UTC, the time format of the run logs
+        formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s",
+                                      "%Y-%m-%dT%H:%M:%S")
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(message)s")
+    handler.setFormatter(formatter)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

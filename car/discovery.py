@@ -1,0 +1,83 @@
+"""Finding a hub's repos: the immediate children of repos_root that hold a .git (dir or file)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Dict, List, NamedTuple
+
+from car.layout import CAR_DIR
+from car.manifest import Manifest, check_links
+
+
+class FoundRepo(NamedTuple):
+    """One repo found on disk (a NamedTuple: a scan makes one per repo, so they must be cheap)."""
+
+    name: str  # the directory's name: the display name
+    rel_path: str  # relative to the hub root, POSIX separators
+    real_path: str  # absolute, symlinks resolved (tells a link from the dir it points at)
+    is_link: bool
+
+
+def has_git(path: str) -> bool:
+    """A .git directory, or a .git file (worktrees, submodules)."""
+    try:
+        mode = os.stat(path + "/.git").st_mode
+    except OSError:
+        return False
+    return stat.S_ISDIR(mode) or stat.S_ISREG(mode)
+
+
+def is_inside(real: str, root: str) -> bool:
+    """Strictly below `root` (both resolved): the root itself is not inside."""
+    return real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def find_repos(repos_root: Path, hub_root: Path) -> List[FoundRepo]:
+    """One level down, sorted by name; hidden dirs, CAR_DIR and symlinks leaving the hub root are skipped.
+
+    Both roots must be resolved. A symlink to a repo found here too is the same repo: only the
+    real directory is reported.
+    """
+    base, root = str(repos_root), str(hub_root)
+    prefix = os.path.relpath(base, root).replace(os.sep, "/")
+    prefix = "" if prefix == "." else prefix + "/"
+    found: Dict[str, FoundRepo] = {}
+    links: List[FoundRepo] = []
+    with os.scandir(base) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or name == CAR_DIR:
+                continue
+            try:
+                if not entry.is_dir():  # follows symlinks
+                    continue
+                link = entry.is_symlink()
+            except OSError:
+                continue
+            real = os.path.realpath(entry.path) if link else entry.path
+            if link and not is_inside(real, root):
+                continue
+            if not has_git(entry.path):
+                continue
+            repo = FoundRepo(name, prefix + name, real, link)
+            if link:
+                links.append(repo)
+            else:
+                found[real] = repo
+    for repo in sorted(links, key=lambda r: r.name):
+        found.setdefault(repo.real_path, repo)
+    return sorted(found.values(), key=lambda r: r.name)
+
+
+def new_repos(found: List[FoundRepo], manifest: Manifest, manifest_path: Path, hub_root: Path) -> List[FoundRepo]:
+    """The found repos no manifest entry points at, through a symlink or not.
+
+    Checks on the way that no entry escapes the hub root through a symlink (ManifestError);
+    only entries that are not plain found directories need the realpath for that.
+    """
+    plain = {f.rel_path: f.real_path for f in found if not f.is_link}
+    check_links(manifest, manifest_path, hub_root, [e.path for e in manifest.repos if e.path not in plain])
+    known = {plain.get(e.path) or os.path.realpath(hub_root / e.path) for e in manifest.repos}
+    return [f for f in found if f.real_path not in known]

@@ -1,0 +1,332 @@
+"""HubSupervisor: many repos from one process: scan, init, one RepoRunner per repo, hub_state.json."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Dict, Optional, Set, Tuple
+
+from car.bootstrap import init_repo
+from car.config import HubConfig, RepoConfig, load_config
+from car.discovery import find_repos, new_repos
+from car.engine import reconcile
+from car.errors import CarError, ConfigError, Conflict, LockError
+from car.feed import Feed
+from car.hub_listing import RepoListing, RepoSlot
+from car.hub_state import HubSnapshot, HubStateFile, RepoEntry, init_errors, load_hub_state
+from car.hub_worker import HubWorker
+from car.layout import HubLayout, RepoLayout
+from car.lock import acquire_lock, clear_stale_lock, inspect_lock, release_lock
+from car.logs import close_logger, make_logger
+from car.manifest import add_repos, check_links, read_manifest, save_manifest
+from car.runner import RepoRunner
+from car.state import utc_now
+from car.status import LockStatus, RepoStatus, RunStatus
+
+HUB_LOCKED = ("a hub (pid {pid}, since {since}) already serves {root}; stop it first (Ctrl-C in its "
+              "terminal, or `kill {pid}`), or scan through it (the page's Scan, POST /hub/repos/scan)")
+NOT_RUNNABLE = {
+    RepoStatus.MISSING: "{id}: {path} is missing on disk; restore it, or remove the entry from {manifest}",
+    RepoStatus.UNINITIALIZED: "{id} is not initialized; init it first (`car hub scan` or POST "
+                              "/hub/repos/{id}/init)",
+    RepoStatus.INIT_ERROR: "{id}: init failed: {error}; fix that and init it again",
+    RepoStatus.INITIALIZING: "{id} is being initialized; try again in a moment",
+}
+
+
+class HubSupervisor:
+    """Runs any number of repo loops in parallel (no global throttle) and lists their status.
+
+    hub = HubSupervisor(load_config(path)); hub.start(); hub.run("repo-a"); ...; hub.shutdown()
+    """
+
+    def __init__(self, config: HubConfig, *, poll_seconds: float = 3.0, flush_seconds: float = 1.0,
+                 max_workers: int = 1024) -> None:
+        self.config, self.layout = config, HubLayout(config.root)
+        self.events = Feed()  # ("repo", RepoEntry json) on each change, ("repos", snapshot json) per scan
+        self.log = logging.getLogger("car.hub")  # its file handler comes at start()
+        # threads are made only as loops start: a large bound lets every repo run at once
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="car-repo")
+        self._guard = threading.RLock()  # listing and runners; a scan holds _scan_lock first
+        self._scan_lock = threading.Lock()
+        self._runners: Dict[str, RepoRunner] = {}
+        self._listing = RepoListing(config.root, self._runner_facts)
+        self._worker = HubWorker(self._publish, lambda: list(self._listing.slots), self._flush, self.log,
+                                 poll_seconds=poll_seconds, flush_seconds=flush_seconds)
+        self._state = HubStateFile(self.layout.hub_state)
+        self._last_scan_at: Optional[str] = None
+        self.last_scan: Optional[HubSnapshot] = None  # what the last scan() returned (`hub scan` prints it)
+        self._closed = self._locked = self._loaded = False
+
+    # lifecycle ---------------------------------------------------------------------------
+    def start(self, auto_run: bool = True) -> None:
+        """Take the hub lock, open the hub log, load hub_state.json, scan, start auto_run repos."""
+        self._take_lock()
+        try:
+            hub_log = self.config.hub.log
+            make_logger("car.hub", self.config.log_path, hub_log.backup_count, max_bytes=hub_log.max_bytes,
+                        stamped=True)
+            self.log.info("hub starting in %s (pid %d)", self.config.root, os.getpid())
+            self._load()
+            self._worker.start()
+            self.scan()
+        except BaseException:
+            self.shutdown()
+            raise
+        for slot in list(self._listing.slots.values()):
+            if auto_run and slot.entry.auto_run and slot.entry.enabled:
+                try:
+                    self.run(slot.id)
+                except CarError as exc:
+                    self.log.warning("auto_run %s not started: %s", slot.id, exc)
+
+    def shutdown(self) -> None:
+        """End every loop (its agent's group), release locks, flush hub_state.json; idempotent."""
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            runners = list(self._runners.items())
+        for _, runner in runners:  # kill all first, so their grace periods run in parallel
+            if runner.active:
+                try:
+                    runner.kill()
+                except CarError:
+                    pass
+        for _, runner in runners:
+            runner.close()
+        self._executor.shutdown(wait=True)
+        self._worker.stop()
+        if self._locked:
+            if self._loaded:
+                self._publish({repo_id for repo_id, _ in runners})  # their final state
+                self._flush()
+            self.log.info("hub stopped")
+            release_lock(self.layout.lock)
+            self._locked = False
+        self.events.close()
+        close_logger(self.log)
+
+    def _take_lock(self) -> None:
+        path = self.layout.lock
+        try:
+            acquire_lock(path)
+        except LockError:
+            info = inspect_lock(path)
+            if info.status is LockStatus.LOCKED_ALIVE:
+                raise LockError(HUB_LOCKED.format(pid=info.pid, since=info.started_at,
+                                                  root=self.config.root)) from None
+            clear_stale_lock(path)  # a dead hub's lock guards no run: take it over
+            acquire_lock(path)
+        self._locked = True
+
+    def _load(self) -> None:
+        """hub_state.json (caches, init errors, last scan) and the manifest, without discovery."""
+        disk = load_hub_state(self.layout.hub_state)
+        self._last_scan_at = disk.get("last_scan_at")
+        manifest = read_manifest(self.config.manifest_path, self.config.root, disk.get("manifest"))
+        seeds = disk.get("files")
+        with self._guard:
+            self._listing.set_manifest(manifest, seeds if isinstance(seeds, dict) else None, init_errors(disk))
+            self._state.remember(disk, self._listing.rereads())  # the probes export what they were seeded with
+        self._loaded = True
+
+    # discovery ---------------------------------------------------------------------------
+    def scan(self) -> HubSnapshot:
+        """Discover, append new repos to the manifest, init what needs it; unchanged tree: no writes."""
+        root, path = self.config.root, self.config.manifest_path
+        with self._scan_lock:
+            self._check_open()
+            manifest = read_manifest(path, root, known=self._listing.manifest)
+            try:
+                found = find_repos(self.config.repos_root, root)
+            except OSError as exc:
+                raise ConfigError(f"{self.layout.config}: hub.repos_root: cannot list {self.config.repos_root} "
+                                  f"({exc.strerror}); create it or fix the setting") from exc
+            new = new_repos(found, manifest, path, root)
+            if new:
+                manifest = save_manifest(path, add_repos(manifest, [f.rel_path for f in new]))
+                self.log.info("scan: added %s", ", ".join(e.id for e in manifest.repos[-len(new):]))
+            with self._guard:
+                self._listing.set_manifest(manifest)
+                slots = list(self._listing.slots.values())
+                entries = {slot.id: self._listing.entry(slot) for slot in slots}
+            acted = [slot for slot in slots if self._settle(slot, entries[slot.id])]
+            with self._guard:
+                entries.update((slot.id, self._listing.entry(slot)) for slot in acted)
+                repos = tuple(entries[slot.id] for slot in slots)
+                self._listing.mark_published(list(repos))
+                self._last_scan_at = utc_now()
+                snapshot = self.last_scan = HubSnapshot(repos, self._last_scan_at)
+        self.events.publish(("repos", snapshot.to_json()))
+        self._worker.schedule_flush()
+        return snapshot
+
+    def _settle(self, slot: RepoSlot, entry: RepoEntry) -> bool:
+        """Init a repo that needs it (auto_init_missing), or close its crashed run; True if it acted."""
+        if not slot.entry.enabled or entry.status is RepoStatus.MISSING:
+            return False
+        if entry.status in (RepoStatus.UNINITIALIZED, RepoStatus.INIT_ERROR):
+            if not self.config.hub.auto_init_missing:
+                return False
+            try:
+                self._init_slot(slot, publish=False)  # the scan publishes the whole list once
+            except Conflict:  # an init(repo_id) of it is under way
+                return False
+            return True
+        return self._reconcile(slot)
+
+    def _reconcile(self, slot: RepoSlot) -> bool:
+        """A state.json that says running while no live process holds the lock: close that run."""
+        files = slot.files
+        if (files.run_status != RunStatus.RUNNING.value or files.lock_status is LockStatus.LOCKED_ALIVE
+                or self._runner_facts(slot.id)[0]):
+            return False
+        try:
+            config = load_config(RepoLayout(slot.root).config)
+            if isinstance(config, RepoConfig) and reconcile(config):
+                self.log.warning("%s: the last run's owner died; closed it as interrupted", slot.id)
+                return True
+        except CarError as exc:
+            self.log.warning("%s: cannot close its interrupted run: %s", slot.id, exc)
+        return False
+
+    def _init_slot(self, slot: RepoSlot, publish: bool = True) -> None:
+        with self._guard:
+            if slot.initializing:
+                raise Conflict(NOT_RUNNABLE[RepoStatus.INITIALIZING].format(id=slot.id))
+            slot.initializing = True
+        if publish:
+            self._worker.touch(slot.id)
+        error = None
+        try:
+            init_repo(slot.root)
+        except CarError as exc:
+            error = str(exc)
+        except OSError as exc:  # init_repo turns most into InitError; this is the rest
+            error = f"cannot initialize {slot.root}: {exc}"
+        with self._guard:
+            slot.initializing, slot.init_error = False, error
+            slot.probe.forget()
+        if error:
+            self.log.warning("init %s failed: %s", slot.id, error)
+        else:
+            self.log.info("initialized %s", slot.id)
+        if publish:
+            self._worker.touch(slot.id)
+
+    # the listing -------------------------------------------------------------------------
+    def snapshot(self) -> HubSnapshot:
+        """Every repo's status from its files and this hub's runners; reads, never writes."""
+        with self._guard:
+            return HubSnapshot(tuple(self._listing.entries()), self._last_scan_at)
+
+    def repo(self, repo_id: str) -> RepoEntry:
+        with self._guard:
+            return self._listing.entry(self._listing.slot(repo_id))
+
+    def repo_root(self, repo_id: str) -> Path:
+        with self._guard:
+            return self._listing.slot(repo_id).root
+
+    def inspect(self) -> HubSnapshot:
+        """`hub status` without the hub lock: hub_state.json's caches + each repo's files."""
+        self._load()
+        check_links(self._listing.manifest, self.config.manifest_path, self.config.root)
+        info = inspect_lock(self.layout.lock)
+        if info.status is LockStatus.LOCKED_ALIVE and info.pid != os.getpid():
+            self._listing.foreign_hub = info.pid  # its repos' locks carry its pid: those are running
+        snapshot = self.snapshot()
+        acted = [slot for slot in list(self._listing.slots.values()) if self._reconcile(slot)]
+        return self.snapshot() if acted else snapshot
+
+    def _runner_facts(self, repo_id: str) -> Tuple[bool, Optional[str]]:
+        runner = self._runners.get(repo_id)
+        return (runner.active, runner.last_error) if runner is not None else (False, None)
+
+    # per-repo controls -------------------------------------------------------------------
+    def runner(self, repo_id: str) -> RepoRunner:
+        """The repo's one RepoRunner (made on first use); Conflict if the repo cannot run."""
+        with self._guard:
+            self._check_open()
+            slot = self._listing.slot(repo_id)
+            runner = self._runners.get(repo_id)
+            if runner is not None and runner.active:
+                return runner
+            entry = self._listing.entry(slot)
+            if entry.status in NOT_RUNNABLE:
+                raise Conflict(NOT_RUNNABLE[entry.status].format(
+                    id=repo_id, path=slot.root, manifest=self.config.manifest_path, error=entry.error))
+            if runner is not None and runner.config.root == Path(os.path.realpath(slot.root_str)):
+                return runner
+            config = load_config(RepoLayout(slot.root).config)
+            if not isinstance(config, RepoConfig):
+                raise Conflict(f"{repo_id}: {slot.root} holds a hub config, not a repo's")
+            if runner is not None:  # the manifest now points the id elsewhere
+                runner.close()
+            runner = RepoRunner(config, self._executor, name=f"car.repo.{repo_id}",
+                                on_change=partial(self._worker.touch, repo_id), errors=self.log)
+            self._runners[repo_id] = runner
+            return runner
+
+    def run(self, repo_id: str, once: bool = False) -> RepoEntry:
+        with self._guard:
+            if not self._listing.slot(repo_id).entry.enabled:
+                raise Conflict(f"{repo_id} is disabled (enabled: false in {self.config.manifest_path}); "
+                               f"set it to true to run it")
+        self.runner(repo_id).start(once=once)
+        self.log.info("run %s%s", repo_id, " (once)" if once else "")
+        return self.repo(repo_id)
+
+    def stop(self, repo_id: str) -> RepoEntry:
+        self.runner(repo_id).request_stop()
+        self.log.info("stop %s requested", repo_id)
+        return self.repo(repo_id)
+
+    def resume(self, repo_id: str, once: bool = False) -> RepoEntry:
+        self.runner(repo_id).resume(once=once)
+        self.log.info("resume %s%s", repo_id, " (once)" if once else "")
+        return self.repo(repo_id)
+
+    def kill(self, repo_id: str) -> RepoEntry:
+        self.runner(repo_id).kill()
+        self.log.info("kill %s", repo_id)
+        return self.repo(repo_id)
+
+    def init(self, repo_id: str) -> RepoEntry:
+        """(Re)create what is missing of the repo's .codex-autorunner/; a failure becomes init_error."""
+        with self._guard:
+            self._check_open()
+            slot = self._listing.slot(repo_id)
+            if self._runner_facts(repo_id)[0]:
+                raise Conflict(f"{repo_id} is running; stop it before init")
+        if not slot.root.is_dir():
+            raise Conflict(NOT_RUNNABLE[RepoStatus.MISSING].format(
+                id=repo_id, path=slot.root, manifest=self.config.manifest_path, error=None))
+        self._init_slot(slot)
+        return self.repo(repo_id)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Conflict("the hub is shutting down")
+
+    # events and hub_state.json -------------------------------------------------------------
+    def _publish(self, repo_ids: Set[str]) -> bool:
+        """Re-read these repos and publish the entries that changed; True if any did."""
+        with self._guard:
+            changed = self._listing.changed(repo_ids)
+        for entry in changed:
+            self.events.publish(("repo", entry.to_json()))
+        return bool(changed)
+
+    def _flush(self) -> None:
+        """Write hub_state.json atomically if its content (the scan time aside) changed."""
+        with self._guard:  # the entries as last read: the worker re-reads what changes
+            snapshot = HubSnapshot(tuple(self._listing.latest()), self._last_scan_at)
+            rereads = self._listing.rereads()
+            content = self._state.render(snapshot, self._listing.manifest, rereads, self._listing.seeds)
+        self._state.save(content, rereads)

@@ -1,0 +1,214 @@
+"""The hub's manifest: the repos it knows, append-only, paths relative to the hub root."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import yaml
+
+from car.errors import ManifestError
+from car.files import dump_yaml, write_atomic
+
+MANIFEST_VERSION = 1
+ENTRY_KEYS = ("id", "path", "enabled", "auto_run")
+_ENTRY_KEY_SET = frozenset(ENTRY_KEYS)
+_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # safe as one URL path segment and one file name
+_NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
+_PLAIN_NAME = re.compile(r"^[^/\\]+$")
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where present: ~10x faster
+NEVER_REWRITTEN = "fix the file by hand (car never rewrites a manifest it cannot read)"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    id: str
+    path: str  # relative to the hub root, POSIX separators, normalized
+    enabled: bool = True
+    auto_run: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, kept
+
+    @property
+    def display_name(self) -> str:
+        return posixpath.basename(self.path)
+
+    def to_data(self) -> Dict[str, Any]:
+        return {"id": self.id, "path": self.path, "enabled": self.enabled, "auto_run": self.auto_run,
+                **self.extra}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    repos: Tuple[ManifestEntry, ...] = ()
+    extra: Dict[str, Any] = field(default_factory=dict, compare=False)
+    sha256: Optional[str] = field(default=None, compare=False)  # of the bytes it was read from
+
+    def get(self, repo_id: str) -> Optional[ManifestEntry]:
+        return next((e for e in self.repos if e.id == repo_id), None)
+
+    def to_data(self) -> Dict[str, Any]:
+        return {"version": MANIFEST_VERSION, "repos": [e.to_data() for e in self.repos], **self.extra}
+
+    def to_text(self) -> str:
+        return dump_yaml(self.to_data())
+
+
+def make_id(name: str, taken: Iterable[str]) -> str:
+    """A URL-safe id from a directory name, made unique with -2, -3, ..."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    base = _NOT_ID.sub("-", ascii_name).strip("-.") or "repo"
+    if not _ID.match(base):
+        base = f"repo-{base}"
+    taken = set(taken)
+    candidate, n = base, 2
+    while candidate in taken:
+        candidate, n = f"{base}-{n}", n + 1
+    return candidate
+
+
+def add_repos(manifest: Manifest, paths: Iterable[str]) -> Manifest:
+    """Append entries (enabled, not auto_run) for new relative paths; existing entries stay as they are."""
+    repos = list(manifest.repos)
+    taken = {e.id for e in repos}
+    for rel in paths:
+        entry = ManifestEntry(id=make_id(posixpath.basename(rel), taken), path=rel)
+        taken.add(entry.id)
+        repos.append(entry)
+    return Manifest(tuple(repos), manifest.extra, manifest.sha256)
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def read_manifest(path: Path, hub_root: Path, cached: Optional[Dict[str, Any]] = None,
+                  known: Optional[Manifest] = None) -> Manifest:
+    """Load and check the manifest (missing = empty). Unchanged bytes skip work: `known` (read
+    before from the same bytes) is returned as is; `cached` {sha256, data} skips the YAML parse."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Manifest()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror}); fix its permissions") from exc
+    sha = digest(raw)
+    if known is not None and known.sha256 == sha:
+        return known
+    if cached and cached.get("sha256") == sha and isinstance(cached.get("data"), dict):
+        data = cached["data"]
+    else:
+        data = parse_yaml(raw, path)
+    return manifest_from_data(data, path, hub_root, sha)
+
+
+def parse_yaml(raw: bytes, path: Path) -> Any:
+    try:
+        return yaml.load(raw, Loader=_LOADER)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ManifestError(f"{where}: invalid YAML: {problem}; {NEVER_REWRITTEN}") from exc
+
+
+def manifest_from_data(data: Any, path: Path, hub_root: Path, sha: Optional[str] = None) -> Manifest:
+    """Check every entry: types, unique ids and paths, paths inside the hub root (lexically)."""
+    if data is None:
+        return Manifest(sha256=sha)
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a mapping with `version: 1` and `repos:`; {NEVER_REWRITTEN}")
+    if data.get("version", MANIFEST_VERSION) != MANIFEST_VERSION:
+        raise ManifestError(f"{path}: version: expected {MANIFEST_VERSION}, got {data.get('version')!r}; "
+                            f"{NEVER_REWRITTEN}")
+    items = data.get("repos") or []
+    if not isinstance(items, list):
+        raise ManifestError(f"{path}: repos: expected a list of entries; {NEVER_REWRITTEN}")
+    repos: List[ManifestEntry] = []
+    ids: Dict[str, int] = {}
+    paths: Dict[str, int] = {}
+    for i, item in enumerate(items):
+        entry = _entry(item, i, path, hub_root)
+        for seen, key, what in ((ids, entry.id, "id"), (paths, entry.path, "path")):
+            if key in seen:
+                raise ManifestError(f"{path}: repos[{i}]: {what} {key!r} is also used by repos[{seen[key]}]; "
+                                    f"give each entry its own {what} ({NEVER_REWRITTEN})")
+            seen[key] = i
+        repos.append(entry)
+    extra = {k: v for k, v in data.items() if k not in ("version", "repos")}
+    return Manifest(tuple(repos), extra, sha)
+
+
+def _entry(item: Any, i: int, path: Path, hub_root: Path) -> ManifestEntry:
+    if not isinstance(item, dict):
+        raise ManifestError(f"{path}: repos[{i}]: expected a mapping with id and path; {NEVER_REWRITTEN}")
+    repo_id, rel = item.get("id"), item.get("path")
+    if not isinstance(repo_id, str) or not _ID.match(repo_id):
+        raise ManifestError(f"{path}: repos[{i}]: id: expected a name of letters, digits, '.', '_' or '-', "
+                            f"got {repo_id!r}; {NEVER_REWRITTEN}")
+    normal = inside_root(rel, hub_root) if isinstance(rel, str) and rel.strip() else ""
+    if not normal:
+        if normal is None:
+            raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path {rel!r} leaves the hub root "
+                                f"{hub_root}; point it at a directory under the hub root or remove the entry "
+                                f"({NEVER_REWRITTEN})")
+        raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path: expected a directory relative to the "
+                            f"hub root, got {rel!r}; {NEVER_REWRITTEN}")
+    enabled, auto_run = item.get("enabled", True), item.get("auto_run", False)
+    for key, value in (("enabled", enabled), ("auto_run", auto_run)):
+        if value is not True and value is not False:
+            raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): {key}: expected true or false, got "
+                                f"{value!r}; {NEVER_REWRITTEN}")
+    extra = {} if item.keys() <= _ENTRY_KEY_SET else {k: v for k, v in item.items() if k not in ENTRY_KEYS}
+    return ManifestEntry(repo_id, normal, enabled, auto_run, extra)
+
+
+def inside_root(rel: str, hub_root: Path) -> Optional[str]:
+    """`rel` normalized relative to the hub root, or None if it names the root or leaves it."""
+    if _PLAIN_NAME.match(rel) and rel not in (".", ".."):
+        return rel  # one plain name: already normal, and inside
+    root = str(hub_root)
+    full = posixpath.normpath(posixpath.join(root, rel))  # absolute `rel` replaces root here
+    if not full.startswith(root.rstrip("/") + "/"):
+        return None
+    return posixpath.relpath(full, root)
+
+
+def escapes_root(rel: str, hub_root: Path) -> bool:
+    """True when a symlink on the way makes `rel` resolve outside the (resolved) hub root."""
+    real = os.path.realpath(os.path.join(str(hub_root), rel))
+    return not real.startswith(str(hub_root).rstrip("/") + "/")
+
+
+def check_links(manifest: Manifest, path: Path, hub_root: Path, rels: Optional[Iterable[str]] = None) -> None:
+    """ManifestError for an entry whose path escapes through a symlink; `rels` limits the check."""
+    wanted = None if rels is None else set(rels)
+    for i, entry in enumerate(manifest.repos):
+        if (wanted is None or entry.path in wanted) and escapes_root(entry.path, hub_root):
+            raise ManifestError(f"{path}: repos[{i}] (id {entry.id!r}): path {entry.path!r} is a symlink "
+                                f"that leaves the hub root {hub_root}; point it at a directory under "
+                                f"the hub root or remove the entry ({NEVER_REWRITTEN})")
+
+
+def load_manifest(path: Path, hub_root: Path) -> Manifest:
+    """The manifest with every check, symlinks included (one-shot callers)."""
+    manifest = read_manifest(path, hub_root)
+    check_links(manifest, path, hub_root)
+    return manifest
+
+
+def save_manifest(path: Path, manifest: Manifest) -> Manifest:
+    """Write atomically, only when the bytes change; the manifest as saved (with its sha256)."""
+    raw = manifest.to_text().encode("utf-8")
+    try:
+        unchanged = path.read_bytes() == raw
+    except FileNotFoundError:
+        unchanged = False
+    if not unchanged:
+        write_atomic(path, raw)
+    return Manifest(manifest.repos, manifest.extra, digest(raw))

@@ -1,0 +1,197 @@
+"""`car hub ...` as a user runs it: real `python -m car` processes, signals, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from car.cli import WRONG_MODE_HUB_CMD, WRONG_MODE_REPO_CMD, main
+from car.cli_hub import INSIDE_HUB, MADE_HUB, NO_HUB
+from car.layout import CAR_DIR, GITIGNORE_TEXT, HubLayout, RepoLayout
+from car.lock import inspect_lock
+
+from hub_fixtures import agent_repos, git_repos, make_hub, stamp, started
+from support import car_cmd, car_env, pid_alive, read_pids, run_car, wait_until
+
+
+def start_serve(root: Path, tmp_path: Path, name: str = "serve") -> subprocess.Popen:
+    """`car hub serve --port 0` with its output in files (a full pipe would block it)."""
+    out = (tmp_path / f"{name}.out").open("w")
+    err = (tmp_path / f"{name}.err").open("w")
+    return subprocess.Popen(car_cmd("hub", "serve", "--port", "0"), cwd=root, env=car_env(),
+                            stdout=out, stderr=err)
+
+
+def stop_proc(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# hub init / scan / status ----------------------------------------------------------------
+def test_hub_init_writes_config_empty_manifest_and_gitignore(tmp_path: Path):
+    done = run_car("hub", "init", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    layout = HubLayout(tmp_path)
+    assert yaml.safe_load(layout.config.read_text())["mode"] == "hub"
+    assert yaml.safe_load(layout.config.read_text())["hub"]["auto_init_missing"] is True
+    assert yaml.safe_load((layout.dir / "manifest.yml").read_text()) == {"version": 1, "repos": []}
+    assert layout.gitignore.read_text() == GITIGNORE_TEXT
+    before = stamp(layout.config)
+    again = run_car("hub", "init", cwd=tmp_path)
+    assert again.returncode == 0 and "kept" in again.stdout and stamp(layout.config) == before
+
+
+def test_hub_init_refuses_inside_a_repo_and_inside_a_hub(tmp_path: Path):
+    agent_repos(tmp_path, "alpha")
+    done = run_car("hub", "init", cwd=tmp_path / "alpha")
+    config = (tmp_path / "alpha" / CAR_DIR / "config.yml").resolve()
+    assert done.returncode == 2
+    assert done.stderr.strip() == "car: " + WRONG_MODE_HUB_CMD.format(cmd="init", path=config)
+    make_hub(tmp_path / "hub")
+    (tmp_path / "hub" / "sub").mkdir()
+    done = run_car("hub", "init", cwd=tmp_path / "hub" / "sub")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "car: " + INSIDE_HUB.format(where=(tmp_path / "hub" / "sub").resolve(),
+                                                              root=(tmp_path / "hub").resolve())
+
+
+def test_hub_scan_without_a_config_makes_a_hub_root_and_prints_the_table(tmp_path: Path):
+    git_repos(tmp_path, "beta", "alpha")
+    done = run_car("hub", "scan", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert MADE_HUB.format(where=tmp_path.resolve()) in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["ID", "PATH", "STATUS", "LAST", "RUN", "TODO"]
+    assert lines[1].split() == ["alpha", "alpha", "idle", "-", "0/1"]
+    assert lines[2].split() == ["beta", "beta", "idle", "-", "0/1"]
+    manifest = stamp(HubLayout(tmp_path).dir / "manifest.yml")
+    again = run_car("hub", "scan", "--json", cwd=tmp_path)
+    assert again.returncode == 0 and "made it a hub root" not in again.stderr
+    data = json.loads(again.stdout)
+    assert [r["id"] for r in data["repos"]] == ["alpha", "beta"] and data["last_scan_at"]
+    assert stamp(HubLayout(tmp_path).dir / "manifest.yml") == manifest
+
+
+def test_hub_status_needs_a_hub_and_reads_without_the_hub_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    done = run_car("hub", "status", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "car: " + NO_HUB.format(car=CAR_DIR, cfg="config.yml", where=tmp_path.resolve())
+    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha", "beta")
+    with started(config) as hub:  # this process is the hub: its pid is in the hub lock and alpha's lock
+        hub.run("alpha")
+        wait_until(lambda: hub.repo("alpha").current_run_id, 15, "alpha's run")
+        done = run_car("hub", "status", "--json", cwd=root)
+        assert done.returncode == 0, done.stderr
+        by_id = {r["id"]: r for r in json.loads(done.stdout)["repos"]}
+        assert by_id["alpha"]["status"] == "running" and by_id["alpha"]["current_run_id"] == 1
+        assert by_id["beta"]["status"] == "idle"
+        table = run_car("hub", "status", cwd=root)
+        assert "#1 running since" in table.stdout
+
+
+# wrong mode ------------------------------------------------------------------------------
+def test_commands_in_the_wrong_mode_exit_2_with_one_line(tmp_path: Path):
+    root = tmp_path / "hub"
+    make_hub(root)
+    agent_repos(root, "alpha")
+    hub_cfg = (root / CAR_DIR / "config.yml").resolve()
+    repo_cfg = (root / "alpha" / CAR_DIR / "config.yml").resolve()
+    for command in ("run", "status", "stop"):
+        done = run_car(command, cwd=root)
+        assert done.returncode == 2
+        assert done.stderr == "car: " + WRONG_MODE_REPO_CMD.format(cmd=command, path=hub_cfg) + "\n"
+    for command in ("scan", "status", "serve"):
+        done = run_car("hub", command, cwd=root / "alpha")
+        assert done.returncode == 2
+        assert done.stderr == "car: " + WRONG_MODE_HUB_CMD.format(cmd=command, path=repo_cfg) + "\n"
+    assert not (root / "alpha" / CAR_DIR / "manifest.yml").exists()
+
+
+# hub serve -------------------------------------------------------------------------------
+def test_a_second_hub_exits_1_at_once_naming_the_first(tmp_path: Path):
+    root = tmp_path / "hub"
+    make_hub(root)
+    git_repos(root, "alpha")
+    first = start_serve(root, tmp_path)
+    try:
+        wait_until(lambda: inspect_lock(HubLayout(root).lock).pid == first.pid, 20, "the first hub's lock")
+        began = time.monotonic()
+        second = run_car("hub", "serve", "--port", "0", cwd=root, timeout=30)
+        elapsed = time.monotonic() - began
+        assert second.returncode == 1
+        assert f"pid {first.pid}" in second.stderr and second.stderr.count("\n") == 1
+        print(f"second hub gave up after {elapsed:.2f}s")
+        assert elapsed < 2.0, f"the second hub took {elapsed:.2f}s to give up"
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+    assert not HubLayout(root).lock.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_every_agent_releases_locks_and_flushes_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int):
+    pidfile = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
+    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha", "beta")
+    config.manifest_path.write_text("version: 1\nrepos:\n- {id: alpha, path: alpha, auto_run: true}\n"
+                                    "- {id: beta, path: beta, auto_run: true}\n")
+    proc = start_serve(root, tmp_path)
+    try:
+        pids = wait_until(lambda: len(read_pids(pidfile)) == 4 and read_pids(pidfile), 30, "two agents, two children")
+        assert all(inspect_lock(RepoLayout(root / n).lock).pid == proc.pid for n in ("alpha", "beta"))
+        wait_until(lambda: HubLayout(root).hub_state.exists() and "running" in HubLayout(root).hub_state.read_text(),
+                   10, "hub_state.json with the running repos")
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "serve.err").read_text()
+    finally:
+        stop_proc(proc)
+    assert not any(pid_alive(p) for p in pids)
+    assert not any(RepoLayout(root / n).lock.exists() for n in ("alpha", "beta"))
+    assert not HubLayout(root).lock.exists()
+    state = json.loads(HubLayout(root).hub_state.read_text())
+    assert [(r["id"], r["status"]) for r in state["repos"]] == [("alpha", "idle"), ("beta", "idle")]
+    assert [json.loads(RepoLayout(root / n).state.read_text())["stop_reason"] for n in ("alpha", "beta")] == [
+        "killed", "killed"]
+    assert "hub stopped" in config.log_path.read_text()
+
+
+def test_serve_without_the_web_layer_runs_the_supervisor_until_a_signal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    root = tmp_path / "hub"
+    make_hub(root)
+    git_repos(root, "alpha")
+    monkeypatch.chdir(root)
+    monkeypatch.setitem(sys.modules, "car.web.server", None)  # `import` now raises ImportError
+
+    def send_sigterm_once_started() -> None:
+        wait_until(lambda: inspect_lock(HubLayout(root).lock).pid == os.getpid(), 20, "the hub lock")
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs on the main thread, inside main()
+
+    thread = threading.Thread(target=send_sigterm_once_started)
+    thread.start()
+    try:
+        assert main(["hub", "serve"]) == 0
+    finally:
+        thread.join()
+    err = capsys.readouterr().err
+    assert "no web server in this build" in err and "1 repos" in err
+    assert not HubLayout(root).lock.exists() and (root / "alpha" / CAR_DIR / "config.yml").is_file()
+

@@ -1,0 +1,135 @@
+"""manifest.py: load/save, stable append-only ids, and the manifests car refuses (and never rewrites)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from car.errors import ManifestError
+from car.hub import HubSupervisor
+from car.manifest import Manifest, ManifestEntry, add_repos, load_manifest, make_id, read_manifest, save_manifest
+
+from hub_fixtures import git_repos, make_hub, stamp
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "hub"
+    root.mkdir()
+    return root.resolve()
+
+
+def write(root: Path, text: str) -> Path:
+    path = root / "manifest.yml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_manifest_is_empty(root: Path):
+    assert load_manifest(root / "manifest.yml", root).repos == ()
+
+
+def test_save_then_load_round_trips(root: Path):
+    manifest = add_repos(Manifest(), ["alpha", "beta"])
+    path = root / "manifest.yml"
+    save_manifest(path, manifest)
+    data = yaml.safe_load(path.read_text())
+    assert data == {"version": 1, "repos": [
+        {"id": "alpha", "path": "alpha", "enabled": True, "auto_run": False},
+        {"id": "beta", "path": "beta", "enabled": True, "auto_run": False}]}
+    assert load_manifest(path, root).repos == manifest.repos
+
+
+def test_save_writes_only_when_the_bytes_change(root: Path):
+    path = root / "manifest.yml"
+    save_manifest(path, add_repos(Manifest(), ["alpha"]))
+    before = stamp(path)
+    saved = save_manifest(path, load_manifest(path, root))
+    assert stamp(path) == before
+    assert saved.sha256 == load_manifest(path, root).sha256
+
+
+def test_ids_are_slugs_made_unique():
+    assert make_id("alpha", []) == "alpha"
+    assert make_id("my repo!", []) == "my-repo"
+    assert make_id("alpha", ["alpha", "alpha-2"]) == "alpha-3"
+    assert make_id("...", []) == "repo"
+    assert make_id("ünï", []) == "uni"
+    assert make_id("日本", []) == "repo"
+
+
+def test_append_keeps_existing_ids_and_flags(root: Path):
+    path = write(root, "version: 1\nrepos:\n- {id: alpha, path: old-alpha, enabled: false, auto_run: true}\n")
+    manifest = add_repos(load_manifest(path, root), ["alpha", "beta"])
+    assert [(e.id, e.path, e.enabled, e.auto_run) for e in manifest.repos] == [
+        ("alpha", "old-alpha", False, True), ("alpha-2", "alpha", True, False), ("beta", "beta", True, False)]
+
+
+def test_unknown_keys_are_kept_on_rewrite(root: Path):
+    path = write(root, "version: 1\nowner: me\nrepos:\n- {id: a, path: a, note: keep me}\n")
+    save_manifest(path, add_repos(load_manifest(path, root), ["b"]))
+    data = yaml.safe_load(path.read_text())
+    assert data["owner"] == "me" and data["repos"][0]["note"] == "keep me"
+    assert data["repos"][1]["id"] == "b"
+
+
+def test_an_absolute_path_inside_the_root_is_stored_relative(root: Path):
+    path = write(root, f"version: 1\nrepos:\n- {{id: a, path: '{root}/a/'}}\n")
+    assert load_manifest(path, root).repos[0].path == "a"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("version: 1\nrepos: [\n  - id: a\n", ["invalid YAML", ":"]),
+    ("version: 1\nrepos:\n- {id: a, path: a}\n- {id: a, path: b}\n", ["repos[1]", "'a'", "repos[0]"]),
+    ("version: 1\nrepos:\n- {id: a, path: ../elsewhere}\n", ["repos[0]", "leaves the hub root"]),
+    ("version: 1\nrepos:\n- {id: a, path: /etc}\n", ["repos[0]", "leaves the hub root"]),
+    ("version: 1\nrepos:\n- {id: a, path: .}\n", ["leaves the hub root"]),
+    ("version: 1\nrepos:\n- {id: a, path: a, enabled: 'yes'}\n", ["enabled", "true or false"]),
+    ("version: 1\nrepos:\n- {id: 'a/b', path: a}\n", ["id"]),
+    ("version: 2\nrepos: []\n", ["version"]),
+    ("- just a list\n", ["mapping"]),
+])
+def test_bad_manifests_are_refused_with_file_entry_and_fix(root: Path, text: str, words: list):
+    path = write(root, text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, root)
+    message = str(info.value)
+    assert str(path) in message and "by hand" in message
+    for word in words:
+        assert word in message
+
+
+def test_a_symlink_that_leaves_the_root_is_refused(root: Path, tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    path = write(root, "version: 1\nrepos:\n- {id: link, path: link}\n")
+    assert read_manifest(path, root).repos[0].path == "link"  # lexically fine
+    with pytest.raises(ManifestError, match="symlink that leaves the hub root"):
+        load_manifest(path, root)
+
+
+@pytest.mark.parametrize("text", [
+    "version: 1\nrepos: [\n",
+    "version: 1\nrepos:\n- {id: a, path: alpha}\n- {id: a, path: beta}\n",
+    "version: 1\nrepos:\n- {id: a, path: ../../x}\n",
+])
+def test_a_bad_manifest_is_never_rewritten_by_a_scan(tmp_path: Path, text: str):
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    git_repos(root, "alpha", "beta", "gamma")
+    config.manifest_path.write_text(text)
+    before = stamp(config.manifest_path)
+    hub = HubSupervisor(config)
+    with pytest.raises(ManifestError):
+        hub.start()
+    assert stamp(config.manifest_path) == before
+    assert not (root / ".codex-autorunner" / "lock").exists()  # the failed start let go of the hub lock
+    assert not (root / "alpha" / ".codex-autorunner").exists()
+
+
+def test_manifest_entries_compare_by_their_fields():
+    assert ManifestEntry("a", "a", extra={"x": 1}) == ManifestEntry("a", "a")

@@ -1,0 +1,231 @@
+"""The server: make it, run it on a thread, stop it on SIGINT/SIGTERM; the page; the token."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import socketserver
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import car
+from car.errors import CarError, NotFound, UsageError
+from car.files import write_atomic
+from car.layout import HubLayout, RepoLayout
+from car.logs import close_logger, make_logger
+from car.web.api_hub import hub_routes
+from car.web.api_repo import repo_routes
+from car.web.handler import App, Handler, host_names, is_loopback, is_wildcard
+from car.web.router import Route
+from car.web.sse import Streams
+
+REMOTE_NEEDS_OPT_IN = ("--host {host} is not a loopback address: the API runs an agent with full "
+                       "access to this machine, so listening there needs --allow-remote (which also "
+                       "turns on token auth)")
+CANNOT_LISTEN = "cannot listen on {host}:{port} ({reason}); pick another --port or stop the other server"
+
+
+def load_page() -> bytes:
+    """ui/index.html: inside the package in car.pyz (build.py copies it to car/web/index.html)."""
+    try:
+        bundled = importlib.resources.files("car").joinpath("web/index.html")
+        if bundled.is_file():
+            return bundled.read_bytes()
+    except (OSError, ModuleNotFoundError):
+        pass
+    # A checkout has no car/web/index.html: the page lives once, in ui/ beside the package.
+    checkout = Path(car.__file__).resolve().parent.parent / "ui" / "index.html"
+    try:
+        return checkout.read_bytes()
+    except FileNotFoundError:
+        raise NotFound("the web page is not bundled in this build (no car/web/index.html); "
+                       "the API still works") from None
+
+
+def check_bind(host: str, allow_remote: bool) -> None:
+    if not allow_remote and not is_loopback(host):
+        raise UsageError(REMOTE_NEEDS_OPT_IN.format(host=host))
+
+
+def normalize_base_path(base_path: str) -> str:
+    """'car/' -> '/car'; '' and '/' -> ''."""
+    base = "/" + (base_path or "").strip().strip("/")
+    if base != "/" and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", base):
+        raise UsageError(f"--base-path '{base_path}': expected a URL path such as /car")
+    return "" if base == "/" else base
+
+
+def load_token(path: Path) -> str:
+    """The token kept at `path` (mode 0600), made on first use and reused across restarts."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+        return token
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the file exists with 0600 first, so write_atomic's replacement keeps that mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        os.chmod(path, 0o600)
+    write_atomic(path, token + "\n")
+    return token
+
+
+class CarServer(ThreadingHTTPServer):
+    daemon_threads = True  # a stream's thread never blocks exit (it still watches Streams.stop)
+    request_queue_size = 128
+
+    def __init__(self, address: tuple, app: App) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.app = app
+        super().__init__(address, Handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)  # HTTPServer's getfqdn() may wait on DNS
+        self.server_name, self.server_port = self.server_address[0], self.server_address[1]
+
+
+def make_server(routes: List[Route], host: str, port: int, *, log: logging.Logger,
+                allow_remote: bool = False, token: Optional[str] = None, base_path: str = "",
+                streams: Optional[Streams] = None, page: Callable[[], bytes] = load_page,
+                max_body_bytes: Optional[int] = None) -> CarServer:
+    check_bind(host, allow_remote)
+    if allow_remote and not token:
+        raise UsageError("--allow-remote needs a token; none was given")
+    app = App(routes, log, streams or Streams(), page, token=token,
+              base_path=normalize_base_path(base_path))
+    if max_body_bytes is not None:
+        app.max_body_bytes = max_body_bytes
+    try:
+        server = CarServer((host.strip("[]"), port), app)
+    except OSError as exc:
+        raise CarError(CANNOT_LISTEN.format(host=host, port=port, reason=exc.strerror or exc)) from exc
+    app.hosts = host_names(host.strip("[]"), server.server_address[1], allow_remote)
+    return server
+
+
+class Running:
+    """A server serving on its own thread (tests, and the body of serve_repo/serve_hub)."""
+
+    def __init__(self, server: CarServer, token_path: Optional[Path] = None) -> None:
+        self.server, self.token_path = server, token_path
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25},
+                                       name="car-web", daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def token(self) -> Optional[str]:
+        return self.server.app.token
+
+    @property
+    def url(self) -> str:
+        host = self.server.server_address[0]
+        host = "127.0.0.1" if is_wildcard(host) else host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}{self.server.app.base_path}/"
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, end every stream, close the socket (from any thread but the server's)."""
+        self.server.app.closed = True
+        self.server.shutdown()
+        self.server.app.streams.close(timeout)
+        self.server.server_close()
+        self.thread.join(timeout)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def start_in_thread(routes: List[Route], host: str = "127.0.0.1", port: int = 0, *,
+                    log: Optional[logging.Logger] = None, token_path: Optional[Path] = None,
+                    **options: Any) -> Running:
+    """Serve on a thread and return at once; `token_path` (with allow_remote) turns on auth."""
+    if options.get("allow_remote") and token_path is not None and not options.get("token"):
+        options["token"] = load_token(token_path)
+    server = make_server(routes, host, port, log=log or logging.getLogger("car.web"), **options)
+    return Running(server, token_path)
+
+
+def describe(running: Running) -> List[str]:
+    lines = [f"car: serving {running.url}"]
+    if running.token:
+        lines.append(f"car: token: {running.token}")
+        lines.append(f"car: every request needs 'Authorization: Bearer <token>' (the page asks for it "
+                     f"once); the token is kept in {running.token_path}")
+    return lines
+
+
+def print_ready(running: Running) -> None:
+    for line in describe(running):
+        print(line, flush=True)
+
+
+def wait_for_signal(stop: Optional[threading.Event] = None) -> None:
+    """Block until SIGINT/SIGTERM (or `stop`): the handlers only set the Event (STYLE §3.12)."""
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda _signum, _frame: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(routes: List[Route], host: str, port: int, log: logging.Logger, token_path: Path,
+           allow_remote: bool, base_path: str, ready: Optional[Callable[[Running], None]],
+           stop: Optional[threading.Event], heartbeat_seconds: float) -> None:
+    check_bind(host, allow_remote)
+    running = start_in_thread(routes, host, port, log=log, token_path=token_path,
+                              allow_remote=allow_remote, base_path=base_path,
+                              streams=Streams(heartbeat_seconds))
+    try:
+        (ready or print_ready)(running)
+        wait_for_signal(stop)
+    finally:
+        running.close()
+
+
+def serve_repo(runner: Any, host: str, port: int, allow_remote: bool = False, base_path: str = "",
+               ready: Optional[Callable[[Running], None]] = None,
+               stop: Optional[threading.Event] = None, heartbeat_seconds: float = 15.0) -> None:
+    """Serve one repo's API at /api and the page until SIGINT/SIGTERM; the caller owns `runner`."""
+    config = runner.config
+    layout = RepoLayout(config.root)
+    log = make_logger(f"car.web.{config.root}", layout.web_log, config.log.backup_count,
+                      max_bytes=config.log.max_bytes, stamped=True)
+    try:
+        _serve(repo_routes("/api", lambda: runner), host, port, log, layout.token, allow_remote,
+               base_path, ready, stop, heartbeat_seconds)
+    finally:
+        close_logger(log)
+
+
+def serve_hub(hub: Any, host: str, port: int, allow_remote: bool = False, base_path: str = "",
+              ready: Optional[Callable[[Running], None]] = None,
+              stop: Optional[threading.Event] = None, heartbeat_seconds: float = 15.0) -> None:
+    """Serve the hub until SIGINT/SIGTERM; the caller owns hub.start() and hub.shutdown()."""
+    _serve(hub_routes(hub), host, port, hub.log, HubLayout(hub.config.root).token, allow_remote,
+           base_path, ready, stop, heartbeat_seconds)

@@ -1,0 +1,275 @@
+"""The hub's API (`car hub serve`) against a real server on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from car.layout import HubLayout, RepoLayout
+from car.lock import acquire_lock, release_lock
+from car.state import RepoState, save_state
+
+from support import car_env, make_git_repo, make_repo, wait_until
+from web_fixtures import Client, SseReader, hub_server, serve_cmd, write_hub_config
+
+ENTRY_KEYS = {"id", "path", "display_name", "enabled", "auto_run", "status", "lock_status", "error",
+              "last_run_id", "last_run_started_at", "last_run_finished_at", "last_exit_code",
+              "stop_reason", "todo_done", "todo_total"}
+
+
+@pytest.fixture
+def hub_root(tmp_path: Path) -> Path:
+    """alpha idle, beta error, gamma uninitialized (a git repo, no init), delta missing."""
+    root = tmp_path / "hub"
+    root.mkdir()
+    write_hub_config(root, auto_init_missing=False)
+    make_repo(root / "alpha")
+    make_repo(root / "beta")
+    save_state(RepoLayout(root / "beta").state, RepoState(status="error", stop_reason="agent_failed"))
+    make_git_repo(root / "gamma")
+    (root / ".codex-autorunner" / "manifest.yml").write_text(yaml.safe_dump({"version": 1, "repos": [
+        {"id": name, "path": name, "enabled": True, "auto_run": False}
+        for name in ("alpha", "beta", "gamma", "delta")]}))
+    return root
+
+
+@pytest.fixture
+def served(hub_root: Path):
+    with hub_server(hub_root) as s:
+        yield s
+
+
+def wait_status(served, repo_id: str, status: str, timeout: float = 20) -> dict:
+    return wait_until(lambda: (lambda e: e if e["status"] == status else None)(served.entry(repo_id)),
+                      timeout, f"{repo_id} to be {status}")
+
+
+def test_hub_repos_lists_every_repo_with_the_design_keys(served):
+    data = served.client.get("/hub/repos").json
+    assert data["last_scan_at"]
+    by_id = {r["id"]: r for r in data["repos"]}
+    assert list(by_id) == ["alpha", "beta", "gamma", "delta"]
+    assert all(ENTRY_KEYS <= set(r) for r in data["repos"])
+    assert {k: r["status"] for k, r in by_id.items()} == {
+        "alpha": "idle", "beta": "error", "gamma": "uninitialized", "delta": "missing"}
+    assert by_id["alpha"]["todo_total"] == 2 and by_id["alpha"]["todo_done"] == 0
+
+
+def test_scan_adds_a_new_repo_and_returns_the_list(served, hub_root: Path):
+    make_repo(hub_root / "epsilon")
+    reply = served.client.post("/hub/repos/scan")
+    assert reply.status == 200
+    assert "epsilon" in [r["id"] for r in reply.json["repos"]] and reply.json["last_scan_at"]
+    assert served.client.get("/hub/repos/scan").status == 405
+
+
+def test_run_once_through_the_hub_and_read_the_repo_through_its_routes(served):
+    reply = served.client.post("/hub/repos/alpha/run", {"once": True})
+    assert reply.status == 200 and reply.json["repo"]["id"] == "alpha"
+    assert reply.json["repo"]["status"] == "running"
+    entry = wait_status(served, "alpha", "idle")
+    assert entry["last_run_id"] == 1 and entry["last_exit_code"] == 0
+    state = served.client.get("/repos/alpha/api/state").json
+    assert state["last_run_id"] == 1 and state["done_todos"] == 1
+    assert served.client.get("/repos/alpha/api/runs").json["runs"][0]["id"] == 1
+    assert served.client.get("/repos/alpha/api/logs?run_id=1").json["lines"][-1].endswith("(code 0) ===")
+    docs = served.client.get("/repos/alpha/api/docs").json
+    etag = docs["todo"]["etag"]
+    assert served.client.put("/repos/alpha/api/docs/todo", {"content": "- [ ] z\n", "etag": etag}).status == 200
+    assert served.client.put("/repos/alpha/api/docs/todo", {"content": "- [ ] y\n", "etag": etag}).status == 409
+
+
+def test_per_repo_routes_drive_the_hubs_one_runner(served, monkeypatch):
+    monkeypatch.setenv("FAKE_AGENT_MODE", "slow")
+    monkeypatch.setenv("FAKE_AGENT_SLEEP", "0.2")
+    monkeypatch.setenv("FAKE_AGENT_LINES", "100")
+    assert served.client.post("/repos/alpha/api/run/start", {}).status == 200
+    assert served.hub.runner("alpha").active  # the same RepoRunner the hub lists
+    assert served.hub.repo("alpha").status.value == "running"
+    again = served.client.post("/hub/repos/alpha/run", {})
+    assert again.status == 409  # one controller per repo: no second loop
+    wait_until(lambda: served.client.get("/repos/alpha/api/state").json["current_run_id"], 10, "a run")
+    killed = served.client.post("/hub/repos/alpha/kill")
+    assert killed.status == 200 and killed.json["repo"]["id"] == "alpha"
+    entry = wait_status(served, "alpha", "idle")
+    assert entry["stop_reason"] == "killed" and entry["lock_status"] == "unlocked"
+
+
+def test_stop_and_resume_through_the_hub(served, hub_root: Path, monkeypatch):
+    monkeypatch.setenv("FAKE_AGENT_MODE", "slow")
+    monkeypatch.setenv("FAKE_AGENT_SLEEP", "0.1")
+    monkeypatch.setenv("FAKE_AGENT_LINES", "5")
+    assert served.client.post("/hub/repos/alpha/stop").status == 409  # nothing to stop
+    assert served.client.post("/hub/repos/alpha/run", {"once": False}).status == 200
+    wait_until(lambda: served.client.get("/repos/alpha/api/state").json["current_run_id"], 10, "run 1")
+    assert served.client.post("/hub/repos/alpha/stop").json["repo"]["id"] == "alpha"
+    entry = wait_status(served, "alpha", "idle")
+    assert entry["stop_reason"] == "stopped" and entry["last_run_id"] == 1
+    resumed = served.client.post("/hub/repos/alpha/resume", {"once": True})
+    assert resumed.status == 200
+    assert wait_status(served, "alpha", "idle")["last_run_id"] == 2
+
+
+def test_init_an_uninitialized_repo(served, hub_root: Path):
+    assert served.client.post("/hub/repos/gamma/run").status == 409
+    assert served.client.get("/repos/gamma/api/state").status == 409
+    reply = served.client.post("/hub/repos/gamma/init")
+    assert reply.status == 200 and reply.json["repo"]["status"] == "idle"
+    assert (hub_root / "gamma" / ".codex-autorunner" / "config.yml").is_file()
+    assert served.client.get("/repos/gamma/api/state").json["status"] == "idle"
+
+
+def test_a_missing_repo_cannot_run(served):
+    reply = served.client.post("/hub/repos/delta/run")
+    assert reply.status == 409 and "missing" in reply.json["error"]["message"]
+
+
+def test_a_repo_locked_by_another_process_is_409(served, hub_root: Path):
+    lock = RepoLayout(hub_root / "alpha").lock
+    acquire_lock(lock)  # a live owner that is not the hub's runner
+    try:
+        wait_status(served, "alpha", "locked")
+        reply = served.client.post("/hub/repos/alpha/run")
+        assert reply.status == 409 and reply.error_code == "locked"
+        assert served.client.post("/hub/repos/alpha/resume").status == 409
+    finally:
+        release_lock(lock)
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/hub/repos/nope/run"), ("POST", "/hub/repos/nope/init"), ("GET", "/repos/nope/api/state"),
+    ("GET", "/repos/..%2F..%2Fetc/api/state"), ("POST", "/hub/repos/../alpha/run"),
+    ("POST", "/hub/repos/..%2Falpha/run"), ("POST", "/hub/repos/alpha%2F..%2Fbeta/kill"),
+    ("PUT", "/repos/..%2Falpha/api/docs/todo"), ("GET", "/repos/alpha/api/docs/..%2F..%2F..%2Fconfig.yml"),
+    ("POST", "/hub/repos/alpha/explode"), ("GET", "/hub/nothing"),
+])
+def test_unknown_and_traversal_ids_are_404_and_touch_nothing(served, hub_root: Path, method, path):
+    before = sorted(p for p in hub_root.parent.rglob("*") if "codex-autorunner-hub.log" not in p.name
+                    and "hub_state" not in p.name)
+    reply = served.client.call(method, path, body={"content": "pwned", "once": True})
+    assert reply.status == 404 and reply.error_code == "not_found", (path, reply.text)
+    assert not served.hub.runner("alpha").active
+    after = sorted(p for p in hub_root.parent.rglob("*") if "codex-autorunner-hub.log" not in p.name
+                   and "hub_state" not in p.name)
+    assert after == before
+
+
+def test_bad_bodies_are_400(served):
+    assert served.client.post("/hub/repos/alpha/run", {"once": "yes"}).status == 400
+    assert served.client.call("POST", "/hub/repos/alpha/run", raw=b"{oops").status == 400
+    assert not served.hub.runner("alpha").active
+
+
+def test_hub_events_stream_the_list_then_each_change(served):
+    sse = served.sse("/hub/events")
+    try:
+        first = next(sse.events(10))
+        assert first["event"] == "repos" and len(json.loads(first["data"])["repos"]) == 4
+        served.client.post("/hub/repos/alpha/run", {"once": True})
+        seen = []
+        for ev in sse.events(20):
+            data = json.loads(ev["data"])
+            if ev["event"] == "repo" and data["id"] == "alpha":
+                seen.append(data["status"])
+                if data["status"] == "idle" and "running" in seen:
+                    break
+        assert "running" in seen and seen[-1] == "idle", seen
+    finally:
+        sse.close()
+
+
+def test_hub_event_clients_that_vanish_end_and_others_go_on(served):
+    streams = served.running.server.app.streams
+    readers = [served.sse("/hub/events") for _ in range(3)]
+    wait_until(lambda: streams.active == 3, 5, "three streams")
+    readers[0].close()
+    readers[1].close()
+    wait_until(lambda: streams.active == 1, 5, "the vanished streams to end")
+    served.client.post("/hub/repos/scan")
+    assert any(ev["event"] == "repos" for ev in readers[2].events(5))
+    readers[2].close()
+
+
+def test_50_concurrent_clients_on_hub_repos_and_repo_state(served):
+    paths = ["/hub/repos", "/repos/alpha/api/state"] * 25
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        replies = list(pool.map(served.client.get, paths))
+    assert [r.status for r in replies] == [200] * 50
+
+
+def test_host_and_origin_guards_in_hub_mode(served):
+    assert served.client.get("/hub/repos", headers={"Host": "attacker.example"}).status == 403
+    reply = served.client.post("/hub/repos/alpha/run", {"once": True}, headers={"Origin": "http://evil.example"})
+    assert reply.status == 403 and not served.hub.runner("alpha").active
+    assert served.client.post("/hub/repos/scan", headers={"Origin": f"http://localhost:{served.port}",
+                                                          "Host": f"localhost:{served.port}"}).status == 200
+
+
+def test_base_path_under_the_hub(hub_root: Path):
+    with hub_server(hub_root, base_path="/car") as served:
+        assert served.client.get("/car/hub/repos").status == 200
+        assert served.client.get("/car/repos/alpha/api/state").json["status"] == "idle"
+        assert served.client.get("/car/").headers["content-type"].startswith("text/html")
+        assert served.client.get("/hub/repos").status == 200
+
+
+def test_token_when_remote_is_allowed_lives_in_the_hub_dir(hub_root: Path):
+    with hub_server(hub_root, allow_remote=True) as served:
+        token_path = HubLayout(hub_root).token
+        assert token_path.read_text().strip() == served.running.token
+        assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+        anonymous = Client(served.running)
+        assert anonymous.get("/hub/repos").status == 401
+        assert anonymous.post("/hub/repos/alpha/run").status == 401
+        assert served.client.get("/hub/repos").status == 200
+        sse = SseReader(served.port, f"/hub/events?token={served.running.token}")
+        assert sse.status == 200 and next(sse.events(5))["event"] == "repos"
+        sse.close()
+
+
+def test_access_lines_go_to_the_hub_log(hub_root: Path):
+    with hub_server(hub_root) as served:
+        served.client.post("/hub/repos/scan")
+        served.client.get("/hub/nothing")
+    text = (hub_root / ".codex-autorunner" / "codex-autorunner-hub.log").read_text()
+    assert '"POST /hub/repos/scan HTTP/1.1" 200' in text and '"GET /hub/nothing HTTP/1.1" 404' in text
+
+
+def test_car_serve_at_a_hub_root_is_hub_serve(hub_root: Path):
+    import signal
+    proc = subprocess.Popen(serve_cmd("--port", "0"), cwd=hub_root, env=car_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while True:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail("no URL printed: " + "".join(lines) + proc.stderr.read()[-3000:])
+            lines.append(line)
+            if "serving http://" in line:
+                break
+        port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
+        client = Client(type("R", (), {"port": port})())
+        assert [r["id"] for r in client.get("/hub/repos").json["repos"]] == ["alpha", "beta", "gamma", "delta"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_hub_usage_sums_over_the_repos(served, hub_root: Path):
+    usage = {"input_tokens": 7, "cached_input_tokens": 0, "output_tokens": 3, "reasoning_output_tokens": 0}
+    for name in ("alpha", "beta"):
+        record = {"id": 1, "started_at": None, "finished_at": None, "exit_code": 0, "usage": usage}
+        (hub_root / name / ".codex-autorunner" / "runs.jsonl").write_text(json.dumps(record) + "\n")
+    body = served.client.get("/hub/usage").json
+    assert {r["id"]: r["total"]["input_tokens"] for r in body["repos"]}["alpha"] == 7
+    assert body["total"]["input_tokens"] == 14 and body["total"]["output_tokens"] == 6

@@ -1,0 +1,274 @@
+"""Shared by the web tests: a real server on a free loopback port, an HTTP client, an SSE reader."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+from car.config import load_config
+from car.runner import RepoRunner
+from car.web.api_repo import repo_routes
+from car.web.server import Running, start_in_thread
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Dict[str, str]
+    text: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+    @property
+    def error_code(self) -> Optional[str]:
+        try:
+            return self.json["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class Client:
+    """http.client against one server, so tests control every header (Host, Origin, ...)."""
+
+    def __init__(self, running: Running, token: Optional[str] = None) -> None:
+        self.port, self.token = running.port, token
+
+    def call(self, method: str, path: str, body: Any = None, headers: Optional[Dict[str, str]] = None,
+             raw: Optional[bytes] = None, timeout: float = 20) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            hdrs = {"Accept": "application/json"}
+            if self.token:
+                hdrs["Authorization"] = f"Bearer {self.token}"
+            data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+            if data is not None:
+                hdrs["Content-Type"] = "application/json"
+            hdrs.update(headers or {})
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8", errors="replace")
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, text)
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw: Any) -> Reply:
+        return self.call("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Reply:
+        return self.call("POST", path, body if body is not None else {}, **kw)
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> Reply:
+        return self.call("PUT", path, body, **kw)
+
+
+class SseReader:
+    """One SSE client on its own socket; read events with a deadline; close() = vanish."""
+
+    def __init__(self, port: int, path: str, headers: Optional[Dict[str, str]] = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.conn.request("GET", path, headers=headers or {})
+        self.sock = self.conn.sock  # http.client drops its reference once the response says close
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.comments: List[str] = []
+
+    def events(self, timeout: float = 10) -> Iterator[Dict[str, str]]:
+        """Parsed events ({'event', 'data'}) until `timeout` passes or the stream ends."""
+        deadline = time.monotonic() + timeout
+        event: Dict[str, Any] = {"event": "message", "data": []}
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                raw = self.resp.fp.readline()
+            except (socket.timeout, TimeoutError):
+                return
+            if not raw:
+                return
+            line = raw.decode("utf-8").rstrip("\n")
+            if line == "":
+                if event["data"]:
+                    yield {"event": event["event"], "data": "\n".join(event["data"])}
+                event = {"event": "message", "data": []}
+            elif line.startswith(":"):
+                self.comments.append(line)
+            elif line.startswith("data:"):
+                event["data"].append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
+            elif line.startswith("event:"):
+                event["event"] = line[6:].strip()
+
+    def lines_until(self, predicate: Any, timeout: float = 15) -> List[str]:
+        """Log lines from message events until one satisfies `predicate` (else AssertionError)."""
+        seen: List[str] = []
+        for ev in self.events(timeout):
+            if ev["event"] != "message":
+                continue
+            for line in ev["data"].split("\n"):
+                seen.append(line)
+                if predicate(line):
+                    return seen
+        raise AssertionError(f"no matching line within {timeout}s; got {seen[-10:]}")
+
+    def at_eof(self, timeout: float = 5) -> bool:
+        """True when the server ends the stream within `timeout`."""
+        for _ in self.events(timeout):
+            pass
+        try:
+            self.sock.settimeout(0.2)
+            return self.resp.fp.readline() == b""
+        except (socket.timeout, TimeoutError, OSError, AttributeError):
+            return False
+
+    def close(self) -> None:
+        """Vanish: close the socket without reading on."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.resp.close()
+        self.conn.close()
+
+
+@dataclass
+class Served:
+    running: Running
+    runner: RepoRunner
+    client: Client
+    log: logging.Logger
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def sse(self, path: str, **kw: Any) -> SseReader:
+        return SseReader(self.port, path, **kw)
+
+
+class ListHandler(logging.Handler):
+    """Collects formatted records (the access log in tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))  # with the traceback when there is one
+
+
+def capture_logger(name: str) -> tuple:
+    log = logging.getLogger(name)
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    handler = ListHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return log, handler
+
+
+@contextmanager
+def repo_server(root: Path, **options: Any) -> Iterator[Served]:
+    """`car serve` in a thread: the repo's RepoRunner on its own executor, the server on port 0."""
+    config = load_config(root / ".codex-autorunner" / "config.yml")
+    executor = ThreadPoolExecutor(max_workers=1)
+    runner = RepoRunner(config, executor)
+    log, _ = capture_logger(f"car.test.web.{root}")
+    options.setdefault("log", log)
+    running = start_in_thread(repo_routes("/api", lambda: runner), **options)
+    try:
+        yield Served(running, runner, Client(running, running.token), options["log"])
+    finally:
+        running.close()
+        runner.close()
+        executor.shutdown(wait=True)
+
+
+# the hub ---------------------------------------------------------------------------------
+def write_hub_config(root: Path, **hub: Any) -> Path:
+    """A hub root's .codex-autorunner/config.yml (mode: hub) with `hub:` settings overridden."""
+    from car.config import default_data
+    from car.files import write_yaml
+
+    data = default_data("hub")
+    data["hub"].update(hub)
+    path = root / ".codex-autorunner" / "config.yml"
+    write_yaml(path, data)
+    return path
+
+
+@dataclass
+class HubServed:
+    hub: Any
+    running: Running
+    client: Client
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def sse(self, path: str, **kw: Any) -> SseReader:
+        return SseReader(self.port, path, **kw)
+
+    def entry(self, repo_id: str) -> Dict[str, Any]:
+        repos = self.client.get("/hub/repos").json["repos"]
+        return next(r for r in repos if r["id"] == repo_id)
+
+
+@contextmanager
+def hub_server(root: Path, poll_seconds: float = 0.5, **options: Any) -> Iterator[HubServed]:
+    """`car hub serve` in a thread: HubSupervisor started (lock, scan), the server on port 0."""
+    from car.hub import HubSupervisor
+    from car.layout import HubLayout
+    from car.web.api_hub import hub_routes
+
+    hub = HubSupervisor(load_config(root / ".codex-autorunner" / "config.yml"), poll_seconds=poll_seconds)
+    hub.start()
+    try:
+        if options.get("allow_remote"):
+            options.setdefault("token_path", HubLayout(root).token)
+        running = start_in_thread(hub_routes(hub), log=hub.log, **options)
+        try:
+            yield HubServed(hub, running, Client(running, running.token))
+        finally:
+            running.close()
+    finally:
+        hub.shutdown()
+
+
+_SERVE_SHIM = """\
+import argparse, sys
+import car.cli as cli
+import car.cli_serve as cli_serve
+build = cli.build_parser
+def with_serve():
+    parser = build()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and "serve" not in action.choices:
+            cli_serve.add_serve_command(action)
+    return parser
+cli.build_parser = with_serve
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def serve_cmd(*args: str) -> List[str]:
+    """`car serve ...`; while cli.build_parser does not list `serve` yet, through a shim that adds it."""
+    import sys
+
+    from car.cli import build_parser
+
+    from support import car_cmd
+
+    choices = next((a.choices for a in build_parser()._actions if hasattr(a, "choices") and a.choices
+                    and "run" in a.choices), {})
+    if "serve" in choices:
+        return car_cmd("serve", *args)
+    return [sys.executable, "-c", _SERVE_SHIM, "serve", *args]

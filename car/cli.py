@@ -14,6 +14,8 @@ from typing import Callable, List, Optional
 from car import __version__
 from car.agent import resolve_binary
 from car.bootstrap import describe_git, init_repo
+from car.cli_serve import add_serve_command
+from car.cli_usage import add_usage_command
 from car.config import AnyConfig, HubConfig, RepoConfig, find_config, load_config
 from car.docs import DocKind, parse_todos, read_doc
 from car.engine import ERROR_REASONS, Engine, reconcile
@@ -30,8 +32,8 @@ NO_CONFIG = ("no {car}/{cfg} in {where} or any parent directory; run `car init` 
 WRONG_MODE_REPO_CMD = ("`car {cmd}` is a repo command, but {path} is a hub config (mode: hub); "
                        "cd into one of the hub's repos (or pass --repo PATH), or use `car hub ...` here")
 WRONG_MODE_HUB_CMD = ("`car hub {cmd}` is a hub command, but {path} is a repo config (mode: repo); "
-                      "run it from the hub root (the directory above the repos), or use `car {cmd}` "
-                      "for this repo")
+                      "run it from the hub root (the directory above the repos) or pass --hub PATH; "
+                      "for this repo use `car status` / `car run` / `car serve`")
 
 
 def _warn(message: str) -> None:
@@ -264,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--tail", type=int, metavar="N", default=50, help="print the last N lines (default 50)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     _add(commands, "doctor", cmd_doctor, "check config, docs, agent binary, git and lock")
+    add_usage_command(commands)
+    add_serve_command(commands)
+    from car.cli_hub import add_hub_commands  # here, not at the top: cli_hub imports this module
+
+    add_hub_commands(commands)
     return parser
 
 

@@ -8,9 +8,9 @@ from concurrent.futures import Executor, Future
 from typing import Callable, Optional
 
 from car.agent import end_run_elsewhere, resolve_binary
-from car.config import RepoConfig
+from car.config import RepoConfig, load_config
 from car.engine import Engine, open_run_log, reconcile
-from car.errors import Conflict, LockError
+from car.errors import ConfigError, Conflict, LockError
 from car.feed import Feed
 from car.files import write_atomic
 from car.layout import RepoLayout
@@ -52,6 +52,7 @@ class RepoRunner:
                  errors: Optional[logging.Logger] = None) -> None:
         self.config, self.layout = config, RepoLayout(config.root)
         self.feed = Feed()  # the repo's log lines as this process writes them (SSE follows it)
+        self._log_name = name
         self.log = open_run_log(config, self.feed, name=name)
         self._executor, self._on_change = executor, on_change
         self._errors = errors or logging.getLogger("car")
@@ -67,10 +68,11 @@ class RepoRunner:
 
     def start(self, once: bool = False) -> None:
         """Start the loop; Conflict if running here, LockError if another process holds the lock."""
-        resolve_binary(self.config.codex.binary, self.config.root)
         with self._guard:
             if self._future is not None and not self._future.done():
                 raise Conflict(f"{self.config.root.name} is already running")
+            self._reload_config()
+            resolve_binary(self.config.codex.binary, self.config.root)
             reconcile(self.config)
             info = inspect_lock(self.layout.lock)
             if info.status is not LockStatus.UNLOCKED:
@@ -80,6 +82,16 @@ class RepoRunner:
             self._future = self._executor.submit(self._engine.run_loop, once)
             self._future.add_done_callback(self._on_done)
         self._on_change()
+
+    def _reload_config(self) -> None:
+        """Each loop runs with the config as it is on disk now: edits apply at the next start."""
+        config = load_config(self.layout.config)
+        if not isinstance(config, RepoConfig):
+            raise ConfigError(f"{self.layout.config} is not a repo config (mode: repo)")
+        if config.log != self.config.log:
+            self.log.close()
+            self.log = open_run_log(config, self.feed, name=self._log_name)
+        self.config = config
 
     def resume(self, once: bool = False) -> None:
         """Close an interrupted run, clear a stale lock (never a live one), and start."""

@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from car.config import load_config
-from car.errors import Conflict, LockError
+from car.errors import ConfigError, Conflict, LockError
 from car.layout import RepoLayout
 from car.runner import RepoRunner
 
@@ -111,3 +111,16 @@ def test_log_lines_reach_the_runners_feed(repo: Path, pool) -> None:
     assert any(line.endswith("=== run 1 start ===") for line in lines)
     assert any("fake-agent: checked off 'first'" in line for line in lines)
     runner.close()
+
+
+def test_config_edits_apply_at_the_next_start(repo: Path, pool) -> None:
+    runner = make_runner(repo, pool)
+    update_config(repo, runner={"stop_after_runs": 1, "no_progress_runs": 3})
+    write_todo(repo, ["a", "b", "c"])
+    runner.start()
+    runner.wait(timeout=30)
+    assert runner.view().last_run_id == 1 and runner.view().stop_reason == "stop_after_runs"
+    (repo / ".codex-autorunner" / "config.yml").write_text("runner: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        runner.start()
+    assert not runner.active

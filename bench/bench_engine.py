@@ -48,10 +48,11 @@ def bench_cold_start(n: int) -> None:
 
 
 def bench_loop(runs: int) -> None:
+    import yaml
+
     from car.bootstrap import init_repo
     from car.config import load_config
     from car.engine import Engine
-    import yaml
 
     true = shutil.which("true") or "/bin/true"
     with tempfile.TemporaryDirectory() as tmp:

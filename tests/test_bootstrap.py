@@ -9,6 +9,7 @@ from car.bootstrap import init_repo
 from car.config import load_config
 from car.errors import ConfigError, InitError
 from car.prompt import DEFAULT_TEMPLATE
+
 from support import make_git_repo
 
 FILES = [".gitignore", "config.yml", "TODO.md", "PROGRESS.md", "OPINIONS.md", "SPEC.md", "prompt.txt",

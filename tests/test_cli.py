@@ -10,8 +10,18 @@ import pytest
 
 from car.cli import WRONG_MODE_REPO_CMD, main
 from car.layout import RepoLayout
-from support import (car_cmd, car_env, make_git_repo, pid_alive, read_pids, run_car, update_config,
-                     wait_until, write_todo)
+
+from support import (
+    car_cmd,
+    car_env,
+    make_git_repo,
+    pid_alive,
+    read_pids,
+    run_car,
+    update_config,
+    wait_until,
+    write_todo,
+)
 
 
 def start_car(repo: Path, *args: str, **env: str) -> subprocess.Popen:

@@ -17,6 +17,7 @@ from car.lock import acquire_lock, clear_stale_lock, inspect_lock
 from car.logs import list_runs, log_files, read_run, run_output
 from car.state import load_state
 from car.status import LockStatus, StopReason
+
 from support import git, pid_alive, read_pids, update_config, wait_until, write_todo
 
 
@@ -311,7 +312,7 @@ def test_stale_lock_is_reported_and_cleared_only_by_resume(repo: Path) -> None:
     lock = RepoLayout(repo).lock
     lock.write_text(json.dumps({"pid": dead.pid, "pid_started": "1", "started_at": "then"}))
     assert inspect_lock(lock).status is LockStatus.LOCKED_STALE
-    with pytest.raises(LockError, match="stale lock.*car resume"):
+    with pytest.raises(LockError, match=r"stale lock.*car resume"):
         engine(repo).run_loop()
     assert clear_stale_lock(lock) and not lock.exists()
 

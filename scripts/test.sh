@@ -24,4 +24,5 @@ if [ ! -x tests/codex/node_modules/.bin/codex ]; then
   (cd tests/codex && npm install --no-audit --no-fund --loglevel=error)
 fi
 
+.venv/bin/ruff check car tests bench build.py
 exec .venv/bin/python -m pytest "$@"

@@ -25,7 +25,7 @@ HAPPY = [
     '{"type":"turn.started"}',
     '{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \\"sed -i \'0,/- \\\\\\\\[ \\\\\\\\]/s//- [x]/\' TODO.md && echo ok\\"","aggregated_output":"","exit_code":null,"status":"in_progress"}}',  # noqa: E501
     '{"type":"item.completed","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \\"sed -i \'0,/- \\\\\\\\[ \\\\\\\\]/s//- [x]/\' TODO.md && echo ok\\"","aggregated_output":"ok\\n","exit_code":0,"status":"completed"}}',  # noqa: E501
-    '{"type":"item.completed","item":{"id":"item_2","type":"agent_message","text":"Done.\\nTicked one."}}',  # noqa: E501
+    '{"type":"item.completed","item":{"id":"item_2","type":"agent_message","text":"Done.\\nTicked one."}}',
     '{"type":"turn.completed","usage":{"input_tokens":1500,"cached_input_tokens":400,"cache_write_input_tokens":0,"output_tokens":100,"reasoning_output_tokens":20}}',
 ]
 FAILED_COMMAND = [
@@ -37,10 +37,10 @@ HTTP_500 = [
     '{"type":"thread.started","thread_id":"01a20dda-ddd8-7572-858a-320f591fdcfa"}',
     WARNING,
     '{"type":"turn.started"}',
-    '{"type":"error","message":"We’re currently experiencing high demand, which may cause temporary errors."}',  # noqa: E501, RUF001
-    '{"type":"turn.failed","error":{"message":"We’re currently experiencing high demand, which may cause temporary errors."}}',  # noqa: E501, RUF001
+    '{"type":"error","message":"We’re currently experiencing high demand, which may cause temporary errors."}',
+    '{"type":"turn.failed","error":{"message":"We’re currently experiencing high demand, which may cause temporary errors."}}',  # noqa: E501
 ]
-HIGH_DEMAND = "We’re currently experiencing high demand, which may cause temporary errors."  # noqa: RUF001
+HIGH_DEMAND = "We’re currently experiencing high demand, which may cause temporary errors."
 
 
 def feed_all(reader: OutputReader, lines: list[str]) -> list[str]:

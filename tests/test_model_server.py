@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from model_server import DEFAULT_USAGE, ModelServer, write_codex_home
 
 EXEC_COMMAND = {"type": "function", "name": "exec_command", "parameters": {

@@ -45,6 +45,11 @@ def served(hub_root: Path):
         yield s
 
 
+def entry_is(served, repo_id: str, **expected) -> bool:
+    entry = served.entry(repo_id)
+    return all(entry[k] == v for k, v in expected.items())
+
+
 def wait_status(served, repo_id: str, status: str, timeout: float = 20) -> dict:
     return wait_until(lambda: (lambda e: e if e["status"] == status else None)(served.entry(repo_id)),
                       timeout, f"{repo_id} to be {status}")
@@ -109,11 +114,12 @@ def test_stop_and_resume_through_the_hub(served, hub_root: Path, monkeypatch):
     assert served.client.post("/hub/repos/alpha/run", {"once": False}).status == 200
     wait_until(lambda: served.client.get("/repos/alpha/api/state").json["current_run_id"], 10, "run 1")
     assert served.client.post("/hub/repos/alpha/stop").json["repo"]["id"] == "alpha"
-    entry = wait_status(served, "alpha", "idle")
-    assert entry["stop_reason"] == "stopped" and entry["last_run_id"] == 1
+    # the hub's list follows the repo's files within moments: wait for the whole expected entry
+    wait_until(lambda: entry_is(served, "alpha", status="idle", stop_reason="stopped", last_run_id=1),
+               20, "alpha idle after a stop")
     resumed = served.client.post("/hub/repos/alpha/resume", {"once": True})
     assert resumed.status == 200
-    assert wait_status(served, "alpha", "idle")["last_run_id"] == 2
+    wait_until(lambda: entry_is(served, "alpha", status="idle", last_run_id=2), 20, "alpha's run 2")
 
 
 def test_init_an_uninitialized_repo(served, hub_root: Path):

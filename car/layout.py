@@ -11,8 +11,8 @@ GITIGNORE_TEXT = "*\n!/.gitignore\n"
 
 
 @dataclass(frozen=True)
-class RepoLayout:
-    """Fixed files of one repo; docs, prompt template and log paths come from its config."""
+class CarDir:
+    """What a repo's and a hub's .codex-autorunner/ both hold."""
 
     root: Path
 
@@ -29,12 +29,22 @@ class RepoLayout:
         return self.dir / ".gitignore"
 
     @property
-    def state(self) -> Path:
-        return self.dir / "state.json"
-
-    @property
     def lock(self) -> Path:
         return self.dir / "lock"
+
+    @property
+    def token(self) -> Path:
+        """The API token for --allow-remote (mode 0600, reused across restarts)."""
+        return self.dir / "token"
+
+
+@dataclass(frozen=True)
+class RepoLayout(CarDir):
+    """Fixed files of one repo; docs, prompt template and log paths come from its config."""
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "state.json"
 
     @property
     def stop(self) -> Path:
@@ -51,40 +61,13 @@ class RepoLayout:
         return self.dir / "runs.jsonl"
 
     @property
-    def token(self) -> Path:
-        """`car serve --allow-remote`'s access token (mode 0600, reused across restarts)."""
-        return self.dir / "token"
-
-    @property
     def web_log(self) -> Path:
-        """`car serve`'s access log: one writer per file, so not the run log."""
+        """`car serve`'s access log: the run log has one writer, the engine."""
         return self.dir / "codex-autorunner-web.log"
 
 
 @dataclass(frozen=True)
-class HubLayout:
-    root: Path
-
-    @property
-    def dir(self) -> Path:
-        return self.root / CAR_DIR
-
-    @property
-    def config(self) -> Path:
-        return self.dir / CONFIG_NAME
-
-    @property
-    def gitignore(self) -> Path:
-        return self.dir / ".gitignore"
-
+class HubLayout(CarDir):
     @property
     def hub_state(self) -> Path:
         return self.dir / "hub_state.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / "lock"
-
-    @property
-    def token(self) -> Path:
-        return self.dir / "token"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+from operator import attrgetter
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Collection, Dict, List, NamedTuple
 
 from car.layout import CAR_DIR
 from car.manifest import Manifest, check_links
@@ -18,6 +19,9 @@ class FoundRepo(NamedTuple):
     rel_path: str  # relative to the hub root, POSIX separators
     real_path: str  # absolute, symlinks resolved (tells a link from the dir it points at)
     is_link: bool
+
+
+_NAME = attrgetter("name")
 
 
 def has_git(path: str) -> bool:
@@ -34,11 +38,12 @@ def is_inside(real: str, root: str) -> bool:
     return real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def find_repos(repos_root: Path, hub_root: Path) -> List[FoundRepo]:
+def find_repos(repos_root: Path, hub_root: Path, known: Collection[str] = ()) -> List[FoundRepo]:
     """One level down, sorted by name; hidden dirs, CAR_DIR and symlinks leaving the hub root are skipped.
 
     Both roots must be resolved. A symlink to a repo found here too is the same repo: only the
-    real directory is reported.
+    real directory is reported. A plain directory at a `known` path (the manifest's) is reported
+    without looking for its .git: it is listed anyway, so that stat would tell nothing.
     """
     base, root = str(repos_root), str(hub_root)
     prefix = os.path.relpath(base, root).replace(os.sep, "/")
@@ -56,19 +61,17 @@ def find_repos(repos_root: Path, hub_root: Path) -> List[FoundRepo]:
                 link = entry.is_symlink()
             except OSError:
                 continue
-            real = os.path.realpath(entry.path) if link else entry.path
-            if link and not is_inside(real, root):
+            path, rel = entry.path, prefix + name
+            if not link:
+                if rel in known or has_git(path):
+                    found[path] = FoundRepo(name, rel, path, False)
                 continue
-            if not has_git(entry.path):
-                continue
-            repo = FoundRepo(name, prefix + name, real, link)
-            if link:
-                links.append(repo)
-            else:
-                found[real] = repo
-    for repo in sorted(links, key=lambda r: r.name):
+            real = os.path.realpath(path)
+            if is_inside(real, root) and has_git(path):
+                links.append(FoundRepo(name, rel, real, True))
+    for repo in sorted(links, key=_NAME):
         found.setdefault(repo.real_path, repo)
-    return sorted(found.values(), key=lambda r: r.name)
+    return sorted(found.values(), key=_NAME)
 
 
 def new_repos(found: List[FoundRepo], manifest: Manifest, manifest_path: Path, hub_root: Path) -> List[FoundRepo]:

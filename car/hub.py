@@ -13,7 +13,6 @@ from typing import Dict, Optional, Set, Tuple
 from car.bootstrap import init_repo
 from car.config import HubConfig, RepoConfig, load_config
 from car.discovery import find_repos, new_repos
-from car.engine import reconcile
 from car.errors import CarError, ConfigError, Conflict, LockError
 from car.feed import Feed
 from car.hub_listing import RepoListing, RepoSlot
@@ -23,6 +22,7 @@ from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, clear_stale_lock, inspect_lock, release_lock
 from car.logs import close_logger, make_logger
 from car.manifest import add_repos, check_links, read_manifest, save_manifest
+from car.recovery import reconcile
 from car.runner import RepoRunner
 from car.state import utc_now
 from car.status import LockStatus, RepoStatus, RunStatus
@@ -36,6 +36,9 @@ NOT_RUNNABLE = {
     RepoStatus.INIT_ERROR: "{id}: init failed: {error}; fix that and init it again",
     RepoStatus.INITIALIZING: "{id} is being initialized; try again in a moment",
 }
+
+_MISSING, _NEEDS_INIT = RepoStatus.MISSING, (RepoStatus.UNINITIALIZED, RepoStatus.INIT_ERROR)
+_RUNNING = RunStatus.RUNNING.value
 
 
 class HubSupervisor:
@@ -143,7 +146,7 @@ class HubSupervisor:
             self._check_open()
             manifest = read_manifest(path, root, known=self._listing.manifest)
             try:
-                found = find_repos(self.config.repos_root, root)
+                found = find_repos(self.config.repos_root, root, {e.path for e in manifest.repos})
             except OSError as exc:
                 raise ConfigError(f"{self.layout.config}: hub.repos_root: cannot list {self.config.repos_root} "
                                   f"({exc.strerror}); create it or fix the setting") from exc
@@ -154,12 +157,13 @@ class HubSupervisor:
             with self._guard:
                 self._listing.set_manifest(manifest)
                 slots = list(self._listing.slots.values())
-                entries = {slot.id: self._listing.entry(slot) for slot in slots}
-            acted = [slot for slot in slots if self._settle(slot, entries[slot.id])]
+                entries = [self._listing.entry(slot) for slot in slots]
+            acted = [i for i, slot in enumerate(slots) if self._settle(slot, entries[i])]
             with self._guard:
-                entries.update((slot.id, self._listing.entry(slot)) for slot in acted)
-                repos = tuple(entries[slot.id] for slot in slots)
-                self._listing.mark_published(list(repos))
+                for i in acted:
+                    entries[i] = self._listing.entry(slots[i])
+                repos = tuple(entries)
+                self._listing.mark_published(slots, repos)
                 self._last_scan_at = utc_now()
                 snapshot = self.last_scan = HubSnapshot(repos, self._last_scan_at)
         self.events.publish(("repos", snapshot.to_json()))
@@ -168,9 +172,9 @@ class HubSupervisor:
 
     def _settle(self, slot: RepoSlot, entry: RepoEntry) -> bool:
         """Init a repo that needs it (auto_init_missing), or close its crashed run; True if it acted."""
-        if not slot.entry.enabled or entry.status is RepoStatus.MISSING:
+        if not slot.entry.enabled or entry.status is _MISSING:
             return False
-        if entry.status in (RepoStatus.UNINITIALIZED, RepoStatus.INIT_ERROR):
+        if entry.status in _NEEDS_INIT:
             if not self.config.hub.auto_init_missing:
                 return False
             try:
@@ -183,7 +187,7 @@ class HubSupervisor:
     def _reconcile(self, slot: RepoSlot) -> bool:
         """A state.json that says running while no live process holds the lock: close that run."""
         files = slot.files
-        if (files.run_status != RunStatus.RUNNING.value or files.lock_status is LockStatus.LOCKED_ALIVE
+        if (files.run_status != _RUNNING or files.lock_status is LockStatus.LOCKED_ALIVE
                 or self._runner_facts(slot.id)[0]):
             return False
         try:

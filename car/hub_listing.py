@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from car.errors import NotFound
 from car.hub_state import RepoEntry, build_entry
@@ -19,7 +19,7 @@ RunnerFacts = Callable[[str], "tuple[bool, Optional[str]]"]
 class RepoSlot:
     """What the hub knows about one manifest entry beyond its files."""
 
-    def __init__(self, entry: ManifestEntry, root: str, seed: Optional[Dict[str, Any]] = None,
+    def __init__(self, entry: ManifestEntry, root: str, seed: Any = None,
                  init_error: Optional[str] = None) -> None:
         self.entry, self.root_str = entry, root
         self.probe = RepoProbe(root, seed)
@@ -55,6 +55,7 @@ class RepoListing:
                      init_errors: Optional[Dict[str, str]] = None) -> None:
         """Follow the manifest; a slot whose id and path are unchanged keeps its caches."""
         seeds, init_errors = seeds or {}, init_errors or {}
+        prefix = f"{self.hub_root}/"
         slots: Dict[str, RepoSlot] = {}
         for entry in manifest.repos:
             old = self.slots.get(entry.id)
@@ -62,9 +63,8 @@ class RepoListing:
                 old.entry, slots[entry.id] = entry, old
             else:
                 seed = seeds.get(entry.id)
-                if not (isinstance(seed, list) and len(seed) == 2 and seed[0] == entry.path):
-                    seed = [None, None]
-                slots[entry.id] = RepoSlot(entry, f"{self.hub_root}/{entry.path}", seed[1], init_errors.get(entry.id))
+                reads = seed[1] if type(seed) is list and len(seed) == 2 and seed[0] == entry.path else None
+                slots[entry.id] = RepoSlot(entry, prefix + entry.path, reads, init_errors.get(entry.id))
         if slots.keys() != self.slots.keys() or any(slots[i] is not self.slots[i] for i in slots):
             self._generation += 1
         self.manifest, self.slots = manifest, slots
@@ -112,10 +112,10 @@ class RepoListing:
                 out.append(entry)
         return out
 
-    def mark_published(self, entries: List[RepoEntry]) -> None:
-        for entry in entries:
-            if entry.id in self.slots:
-                self.slots[entry.id].published = entry
+    def mark_published(self, slots: List[RepoSlot], entries: Iterable[RepoEntry]) -> None:
+        """These entries of these slots went out in one list (a scan's)."""
+        for slot, entry in zip(slots, entries):
+            slot.published = entry
 
     def rereads(self) -> Tuple[int, int]:
         """Changes when a probe reads a file (not just stats it): unchanged means the same seeds."""

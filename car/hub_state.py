@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from car.files import write_atomic
 from car.manifest import Manifest, ManifestEntry
@@ -14,12 +15,12 @@ from car.status import LockStatus, RepoFacts, RepoStatus, RunStatus, derive_stat
 
 STATE_VERSION = 1
 _IN_RUN = (RepoStatus.RUNNING, RepoStatus.LOCKED)  # a run may be under way (this hub's or another's)
-_RUNNING = RunStatus.RUNNING.value
+_RUNNING, _INIT_ERROR = RunStatus.RUNNING.value, RepoStatus.INIT_ERROR.value
 
 
-@dataclass(frozen=True)
-class RepoEntry:
-    """One repo as the hub lists it (DESIGN.md §4, GET /hub/repos)."""
+class RepoEntry(NamedTuple):
+    """One repo as the hub lists it (DESIGN.md §4, GET /hub/repos). A NamedTuple, as FoundRepo: a
+    scan builds one per repo, and a frozen dataclass of 17 fields costs six times as much to build."""
 
     id: str
     path: str
@@ -69,19 +70,24 @@ def build_entry(entry: ManifestEntry, exists: bool, files: RepoFiles, *, initial
     """Judge one repo by DESIGN.md §4 (derive_status) from its files and the hub's own facts."""
     if not exists:
         files = NOT_INITIALIZED
-    facts = RepoFacts(exists=exists, initialized=files.initialized, initializing=initializing,
-                      init_error=init_error, runner_active=runner_active, lock=files.lock_status,
-                      last_state=files.run_status)
-    status = derive_status(facts)
-    in_run = status in _IN_RUN and files.run_status == _RUNNING and not files.last_run_finished_at
+    run_status = files.run_status
+    status = _judge(exists, files.initialized, initializing, init_error, runner_active, files.lock_status,
+                    run_status if isinstance(run_status, str) else None)  # hashable; only a str says "error"
+    in_run = status in _IN_RUN and run_status == _RUNNING and not files.last_run_finished_at
     return RepoEntry(
-        id=entry.id, path=entry.path, display_name=entry.display_name, enabled=entry.enabled,
-        auto_run=entry.auto_run, status=status, lock_status=files.lock_status,
-        error=init_error or files.error or runner_error, last_run_id=files.last_run_id,
-        last_run_started_at=files.last_run_started_at, last_run_finished_at=files.last_run_finished_at,
-        last_exit_code=files.last_exit_code, stop_reason=files.stop_reason, todo_done=files.todo_done,
-        todo_total=files.todo_total, current_run_id=files.last_run_id if in_run else None,
-        current_run_started_at=files.last_run_started_at if in_run else None)
+        entry.id, entry.path, entry.display_name, entry.enabled, entry.auto_run, status, files.lock_status,
+        init_error or files.error or runner_error, files.last_run_id, files.last_run_started_at,
+        files.last_run_finished_at, files.last_exit_code, files.stop_reason, files.todo_done,
+        files.todo_total, files.last_run_id if in_run else None, files.last_run_started_at if in_run else None)
+
+
+@lru_cache(maxsize=256)
+def _judge(exists: bool, initialized: bool, initializing: bool, init_error: Optional[str],
+           runner_active: bool, lock: LockStatus, last_state: Optional[str]) -> RepoStatus:
+    """derive_status, remembered: a scan judges hundreds of repos from a handful of distinct facts."""
+    return derive_status(RepoFacts(exists=exists, initialized=initialized, initializing=initializing,
+                                   init_error=init_error, runner_active=runner_active, lock=lock,
+                                   last_state=last_state))
 
 
 def load_hub_state(path: Path) -> Dict[str, Any]:
@@ -118,7 +124,7 @@ def init_errors(data: Dict[str, Any]) -> Dict[str, str]:
     """Repo id -> the message of an init that failed at the last scan (shown until a retry)."""
     return {r["id"]: r.get("error") or "init failed" for r in data.get("repos") or []
             if isinstance(r, dict) and isinstance(r.get("id"), str)
-            and r.get("status") == RepoStatus.INIT_ERROR.value}
+            and r.get("status") == _INIT_ERROR}
 
 
 class HubStateFile:

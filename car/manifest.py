@@ -36,7 +36,7 @@ class ManifestEntry:
 
     @property
     def display_name(self) -> str:
-        return posixpath.basename(self.path)
+        return self.path.rpartition("/")[2]  # posixpath.basename of a normalized path, cheaper
 
     def to_data(self) -> Dict[str, Any]:
         return {"id": self.id, "path": self.path, "enabled": self.enabled, "auto_run": self.auto_run,
@@ -134,11 +134,11 @@ def manifest_from_data(data: Any, path: Path, hub_root: Path, sha: Optional[str]
     paths: Dict[str, int] = {}
     for i, item in enumerate(items):
         entry = _entry(item, i, path, hub_root)
-        for seen, key, what in ((ids, entry.id, "id"), (paths, entry.path, "path")):
-            if key in seen:
-                raise ManifestError(f"{path}: repos[{i}]: {what} {key!r} is also used by repos[{seen[key]}]; "
-                                    f"give each entry its own {what} ({NEVER_REWRITTEN})")
-            seen[key] = i
+        if entry.id in ids or entry.path in paths:
+            what, key, seen = ("id", entry.id, ids) if entry.id in ids else ("path", entry.path, paths)
+            raise ManifestError(f"{path}: repos[{i}]: {what} {key!r} is also used by repos[{seen[key]}]; "
+                                f"give each entry its own {what} ({NEVER_REWRITTEN})")
+        ids[entry.id] = paths[entry.path] = i
         repos.append(entry)
     extra = {k: v for k, v in data.items() if k not in ("version", "repos")}
     return Manifest(tuple(repos), extra, sha)
@@ -160,10 +160,10 @@ def _entry(item: Any, i: int, path: Path, hub_root: Path) -> ManifestEntry:
         raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path: expected a directory relative to the "
                             f"hub root, got {rel!r}; {NEVER_REWRITTEN}")
     enabled, auto_run = item.get("enabled", True), item.get("auto_run", False)
-    for key, value in (("enabled", enabled), ("auto_run", auto_run)):
-        if value is not True and value is not False:
-            raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): {key}: expected true or false, got "
-                                f"{value!r}; {NEVER_REWRITTEN}")
+    if type(enabled) is not bool or type(auto_run) is not bool:
+        key, value = ("enabled", enabled) if type(enabled) is not bool else ("auto_run", auto_run)
+        raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): {key}: expected true or false, got "
+                            f"{value!r}; {NEVER_REWRITTEN}")
     extra = {} if item.keys() <= _ENTRY_KEY_SET else {k: v for k, v in item.items() if k not in ENTRY_KEYS}
     return ManifestEntry(repo_id, normal, enabled, auto_run, extra)
 

@@ -6,9 +6,8 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, List, NamedTuple, Optional
 
 from car.config import HubConfig, default_text, load_config
 from car.docs import parse_todos
@@ -24,14 +23,20 @@ STATE_KEYS = ("status", "last_run_id", "last_exit_code", "last_run_started_at", 
               "stop_reason")
 CONFIG_REL, STATE_REL, LOCK_REL = f"{CAR_DIR}/{CONFIG_NAME}", f"{CAR_DIR}/state.json", f"{CAR_DIR}/lock"
 TODO_REL = f"{CAR_DIR}/TODO.md"
-# a stamp is [inode (atomic writes replace it), size, mtime_ns]
+# A cached read is a list, in the very form hub_state.json stores it: [inode, size, mtime_ns, *value].
+# The inode catches atomic writes (a new file), size and mtime_ns edits in place. A file that is not
+# there has inode None; a read not to be trusted has inode UNTRUSTED, which no stat matches.
+UNTRUSTED = -1
+CONFIG_LEN = 5  # + [TODO path (relative to the repo when inside it) or None, error]
+STATE_LEN = 4 + len(STATE_KEYS)  # + [*STATE_KEYS values, error]
+TODO_LEN = 6  # + [done, total, the TODO path it was read from]
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 _UNLOCKED = LockInfo(LockStatus.UNLOCKED)
+_NO_TODO = (None, 0, 0, 0, 0, None)  # no TODO file to read: 0 of 0 done
 
 
-@dataclass(frozen=True)
-class RepoFiles:
-    """What a repo's .codex-autorunner/ says right now."""
+class RepoFiles(NamedTuple):
+    """What a repo's .codex-autorunner/ says right now (a NamedTuple: a scan makes one per repo)."""
 
     initialized: bool
     lock_status: LockStatus = LockStatus.UNLOCKED
@@ -53,51 +58,69 @@ NOT_INITIALIZED = RepoFiles(initialized=False)
 class RepoProbe:
     """One repo's files, each re-read only when its stat changes; callers serialize access.
 
-    A read is cached as [path relative to the repo, stamp, JSON-ready value]; export() hands the
-    trusted ones to hub_state.json and the next process starts with them (seed), warm.
+    export() hands the trusted reads to hub_state.json and the next process starts with them
+    (seed), warm: then an unchanged repo costs four stats and no read.
     """
 
-    def __init__(self, root: str, seed: Optional[Dict[str, Any]] = None) -> None:
-        self._prefix = root + "/"
-        self._reads: Dict[str, List[Any]] = {}
-        self._untrusted: Set[str] = set()
+    def __init__(self, root: str, seed: Any = None) -> None:
+        prefix = self._prefix = root + "/"
+        self._config_path, self._state_path = prefix + CONFIG_REL, prefix + STATE_REL
+        self._lock_path = prefix + LOCK_REL
+        self._config: Optional[List[Any]] = None
+        self._state: Optional[List[Any]] = None
+        self._todo: Optional[List[Any]] = None
         self._parts: Any = None
         self._last: RepoFiles = NOT_INITIALIZED
         self.rereads = 0  # files actually read: a caller's hint that an export would differ
-        if isinstance(seed, dict):  # from hub_state.json: anything odd in it is ignored
-            self._reads = {k: v for k, v in seed.items() if _good_seed(k, v)}
+        if type(seed) is list and len(seed) == 3:  # from hub_state.json: anything odd in it is ignored
+            config, state, todo = seed
+            if _good_read(config, CONFIG_LEN) and (config[3] is None or type(config[3]) is str):
+                self._config = config
+                self._state = state if _good_read(state, STATE_LEN) else None
+                self._todo = todo if _good_read(todo, TODO_LEN) else None
 
     def read(self) -> RepoFiles:
         """The current facts; the very same object as last time when nothing changed."""
-        now = time.time_ns()
-        todo_path, error = self._cached("config", CONFIG_REL, now, _parse_config)
-        if todo_path is None and error is None:
+        config = self._config
+        if config is None or not _unchanged(config, self._config_path):
+            config = self._config = self._reread(self._config_path, _parse_config, racy_ok=True)
+        todo_rel, error = config[3], config[4]
+        if todo_rel is None and error is None:
             self._parts, self._last = None, NOT_INITIALIZED
             return NOT_INITIALIZED
-        state = self._cached("state", STATE_REL, now, _parse_state)
+        state = self._state
+        if state is None or not _unchanged(state, self._state_path):
+            state = self._state = self._reread(self._state_path, _parse_state)
         lock = self._lock()
-        todo = self._cached("todo", todo_path, now, _parse_todo) if todo_path else [0, 0]
-        parts = (error, state, lock, todo)
+        if todo_rel is None:
+            todo = _NO_TODO
+        else:
+            todo, path = self._todo, todo_rel if todo_rel[:1] == "/" else self._prefix + todo_rel
+            if todo is None or todo[5] != todo_rel or not _unchanged(todo, path):
+                todo = self._todo = self._reread(path, _parse_todo, todo_rel)
         last = self._parts
-        if last is not None and parts[0] is last[0] and parts[1] is last[1] and parts[2] is last[2] \
-                and parts[3] is last[3]:
+        if last is not None and config is last[0] and state is last[1] and lock is last[2] and todo is last[3]:
             return self._last
-        values, state_error = state
-        self._parts, self._last = parts, RepoFiles(True, lock.status, lock.pid, *values, todo[0], todo[1],
-                                                   error or state_error)
+        self._parts = (config, state, lock, todo)
+        self._last = RepoFiles(True, lock.status, lock.pid, state[3], state[4], state[5], state[6], state[7],
+                               state[8], todo[3], todo[4], error or state[9])
         return self._last
 
-    def export(self) -> Optional[Dict[str, Any]]:
+    def export(self) -> Optional[List[Any]]:
         """The trusted reads, for hub_state.json (None if there are none)."""
-        out = {k: v for k, v in self._reads.items() if k not in self._untrusted and v[1] is not None}
-        return out or None
+        config = self._config
+        if config is None or not _trusted(config):
+            return None
+        state, todo = self._state, self._todo
+        return [config, state if state is not None and _trusted(state) else None,
+                todo if todo is not None and _trusted(todo) else None]
 
     def forget(self) -> None:
         """Drop the cache (after an init rewrote the files)."""
-        self._reads.clear()
+        self._config = self._state = self._todo = None
 
     def _lock(self) -> LockInfo:
-        path = self._prefix + LOCK_REL
+        path = self._lock_path
         try:
             os.stat(path)
         except _MISSING:
@@ -109,44 +132,46 @@ class RepoProbe:
         except OSError:  # there, but unreadable: nobody can prove they own it
             return LockInfo(LockStatus.LOCKED_STALE)
 
-    def _cached(self, key: str, rel: str, now: int, parse: Callable[[str, Any], Any]) -> Any:
-        path = rel if rel[:1] == "/" else self._prefix + rel
-        read = self._reads.get(key)
-        if read is not None and read[0] == rel and key not in self._untrusted:
-            try:
-                st = os.stat(path)
-                stamp: Optional[List[int]] = [st.st_ino, st.st_size, st.st_mtime_ns]
-            except OSError:
-                stamp = None
-            if stamp == read[1]:
-                return read[2]
+    def _reread(self, path: str, parse: Callable[[str, Any], List[Any]], *extra: Any,
+                racy_ok: bool = False) -> List[Any]:
+        """Read and parse the file into a read, `extra` at its end; UNTRUSTED if unreadable, or
+        changed within RACY_NS (unless racy_ok)."""
         self.rereads += 1
         try:
             fd = os.open(path, os.O_RDONLY)
         except _MISSING:
-            stamp, data = None, None
+            return [None, 0, 0, *parse(path, None), *extra]
         except OSError as exc:  # unreadable: reported, and tried again next time
-            self._untrusted.add(key)
-            return parse(path, exc)
-        else:
-            try:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode):
-                    stamp, data = [st.st_ino, st.st_size, st.st_mtime_ns], _read_all(fd, st.st_size)
-                else:  # a directory in a file's place: no such file
-                    stamp, data = None, None
-            except OSError as exc:
-                self._untrusted.add(key)
-                return parse(path, exc)
-            finally:
-                os.close(fd)
-        value = parse(path, data)
-        self._reads[key] = [rel, stamp, value]
-        if stamp is not None and stamp[2] >= now - RACY_NS and key != "config":
-            self._untrusted.add(key)
-        else:
-            self._untrusted.discard(key)
-        return value
+            return [UNTRUSTED, 0, 0, *parse(path, exc), *extra]
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # a directory in a file's place: no such file
+                return [None, 0, 0, *parse(path, None), *extra]
+            data = _read_all(fd, st.st_size)
+        except OSError as exc:
+            return [UNTRUSTED, 0, 0, *parse(path, exc), *extra]
+        finally:
+            os.close(fd)
+        racy = not racy_ok and st.st_mtime_ns >= time.time_ns() - RACY_NS
+        return [UNTRUSTED if racy else st.st_ino, st.st_size, st.st_mtime_ns, *parse(path, data), *extra]
+
+
+def _unchanged(read: List[Any], path: str) -> bool:
+    """The file is as it was when `read` was made (or is still not there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return read[0] is None
+    return st.st_mtime_ns == read[2] and st.st_size == read[1] and st.st_ino == read[0]
+
+
+def _trusted(read: List[Any]) -> bool:
+    return read[0] is not None and read[0] != UNTRUSTED
+
+
+def _good_read(read: Any, length: int) -> bool:
+    """A seed's read: a list of the right length that names a file (an odd stamp just never matches)."""
+    return type(read) is list and len(read) == length and read[0] is not None
 
 
 def _parse_config(path: str, data: Any) -> List[Optional[str]]:
@@ -170,17 +195,6 @@ def _parse_config(path: str, data: Any) -> List[Optional[str]]:
         return [str(todo), None]
 
 
-def _good_seed(key: str, read: Any) -> bool:
-    """[path, [inode, size, mtime_ns], value] with the value's shape for `key`."""
-    if key not in ("config", "state", "todo") or type(read) is not list or len(read) != 3:
-        return False
-    path, stamp, value = read
-    if not (type(path) is str and type(stamp) is list and len(stamp) == 3 and type(value) is list
-            and len(value) == 2):
-        return False
-    return key != "state" or (type(value[0]) is list and len(value[0]) == len(STATE_KEYS))
-
-
 def _read_all(fd: int, size: int) -> bytes:
     """The whole file; asking for one byte more than its size ends a regular file in one read."""
     data = os.read(fd, size + 1)
@@ -195,21 +209,22 @@ def _read_all(fd: int, size: int) -> bytes:
 
 
 def _parse_state(path: str, data: Any) -> List[Any]:
-    """[[status, last_run_id, ...], error]."""
+    """[*STATE_KEYS values, error]."""
     if isinstance(data, OSError):
-        return [[None] * len(STATE_KEYS), f"{path}: cannot read ({data.strerror})"]
+        return [*(None for _ in STATE_KEYS), f"{path}: cannot read ({data.strerror})"]
     if data is None:
-        return [[None] * len(STATE_KEYS), None]
+        return [*(None for _ in STATE_KEYS), None]
     try:
         state = json.loads(data)
     except ValueError:
         state = None
     if not isinstance(state, dict):
-        return [[None] * len(STATE_KEYS), f"{path}: not a JSON object; fix or delete it"]
-    return [[state.get(k) for k in STATE_KEYS], None]
+        return [*(None for _ in STATE_KEYS), f"{path}: not a JSON object; fix or delete it"]
+    return [*(state.get(k) for k in STATE_KEYS), None]
 
 
 def _parse_todo(path: str, data: Any) -> List[int]:
+    """[done, total]."""
     if not isinstance(data, bytes):
         return [0, 0]
     counts = parse_todos(data.decode("utf-8", "replace"))

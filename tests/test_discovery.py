@@ -69,3 +69,12 @@ def test_results_are_sorted_by_name(tmp_path: Path):
     for name in ("charlie", "alpha", "bravo"):
         make_git_repo(tmp_path / name)
     assert names(tmp_path) == ["alpha", "bravo", "charlie"]
+
+
+def test_a_known_plain_dir_is_reported_without_its_git(tmp_path: Path):
+    make_git_repo(tmp_path / "new")
+    (tmp_path / "known").mkdir()  # a manifest entry whose .git went away: still listed by the hub
+    os.symlink(tmp_path / "known", tmp_path / "alias")  # a link is never taken on trust
+    root = tmp_path.resolve()
+    assert [r.rel_path for r in find_repos(root, root, {"known", "alias"})] == ["known", "new"]
+    assert [r.rel_path for r in find_repos(root, root)] == ["new"]

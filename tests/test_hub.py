@@ -19,7 +19,7 @@ from car.state import RepoState, save_state
 from car.status import LockStatus
 
 from hub_fixtures import agent_repos, git_repos, hub_config, make_hub, stamp, started, wait_status
-from support import car_cmd, car_env, pid_alive, read_pids, wait_until
+from support import car_cmd, car_env, pid_alive, read_pids, wait_until, write_todo
 
 
 def manifest_of(root: Path) -> list:
@@ -130,6 +130,29 @@ def test_a_rescan_of_an_unchanged_tree_writes_nothing(tmp_path: Path):
             hub.snapshot()
     assert {p: stamp(p) for p in watched} == before
     assert {p.name for p in (root / ".codex-autorunner").iterdir()} == listing
+
+
+def test_a_fresh_hub_sees_what_changed_behind_its_cached_reads(tmp_path: Path):
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha", "beta", "gamma")
+    with started(config):
+        pass
+    backdate(root)
+    with started(config):  # stores the reads, now old enough to trust, in hub_state.json
+        pass
+    write_todo(root / "alpha", ["a"], done=["b", "c"])
+    save_state(RepoLayout(root / "beta").state, RepoState(status="error", last_run_id=7))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    RepoLayout(root / "gamma").lock.write_text(json.dumps({"pid": dead.pid, "pid_started": "1"}))
+    subprocess.run(["git", "init", "-q", str(root / "delta")], check=True, timeout=30)
+    with started(config) as hub:
+        by_id = {r.id: r for r in hub.last_scan.repos}
+    assert (by_id["alpha"].todo_done, by_id["alpha"].todo_total) == (2, 3)
+    assert (by_id["beta"].status.value, by_id["beta"].last_run_id) == ("error", 7)
+    assert (by_id["gamma"].status.value, by_id["gamma"].lock_status.value) == ("locked", "locked_stale")
+    assert by_id["delta"].status.value == "idle"
 
 
 def test_a_new_repo_on_rescan_gets_a_fresh_unique_id(tmp_path: Path):

@@ -87,6 +87,11 @@ def test_a_bad_seed_is_ignored(tmp_path: Path):
     expected = RepoProbe(str(root)).read()
     seed = {"state": ["x", [1, 2, 3], [["only one"], None]], "todo": "nonsense", "other": [1, 2, 3]}
     assert RepoProbe(str(root), seed).read() == expected
+    for seed in ([[1, 2, 3, 4], "x", []], [[1, 2, 3, 7, None], None, None]):
+        assert RepoProbe(str(root), seed).read() == expected
+    bare = make_git_repo(tmp_path / "bare")  # a seed that says "no config here, yet initialized"
+    seed = [[None, 0, 0, ".codex-autorunner/TODO.md", None], None, None]
+    assert RepoProbe(str(bare), seed).read() is NOT_INITIALIZED
 
 
 def test_a_lock_is_judged_on_every_read(tmp_path: Path):

@@ -11,15 +11,68 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+ENTRY_POINT = "car.launch:main"
+# FAST_MAIN reads the environment.json that shiv 1.x writes; a new major is checked before use
+SHIV = "shiv>=1.0.4,<2"
+# The pyz's __main__.py, in place of shiv's (which always runs shiv's bootstrap: ~15 ms of imports,
+# compileall, zipfile, hashlib..., before car starts). Once shiv has unpacked this build, car runs
+# straight from there; the first run, and any SHIV_* setting but SHIV_ROOT, still go through shiv.
+FAST_MAIN = """\
+import os
+import sys
+
+
+def unpacked_site_packages():
+    \"\"\"Where shiv unpacked this build (its cache_path()), or None if it has not yet.\"\"\"
+    if any(name.startswith("SHIV_") and name != "SHIV_ROOT" for name in os.environ):
+        return None
+    import json
+
+    try:
+        env = json.loads(__loader__.get_data("environment.json"))
+        build_id = env["build_id"]
+    except (AttributeError, OSError, ValueError, KeyError):
+        return None
+    if env.get("entry_point") != "%(entry_point)s" or env.get("no_modify") or env.get("preamble") \\
+            or env.get("extend_pythonpath") or env.get("prepend_pythonpath") or env.get("always_write_cache"):
+        return None
+    root = os.environ.get("SHIV_ROOT", env.get("root")) or "~/.shiv"
+    if root.startswith("$"):
+        root = os.environ.get(root[1:], root[1:])
+    name = os.path.basename(os.path.realpath(sys.argv[0]))
+    path = os.path.join(os.path.expanduser(root), name + "_" + build_id, "site-packages")
+    return path if os.path.isdir(path) else None
+
+
+site_packages = unpacked_site_packages()
+if site_packages is None:
+    import _bootstrap
+
+    _bootstrap.bootstrap()
+else:
+    import site
+    from pathlib import Path
+
+    # as shiv's bootstrap does it: ours goes before the first site-packages already on sys.path
+    length = len(sys.path)
+    index = next((i for i, p in enumerate(sys.path) if Path(p).stem in ("site-packages", "dist-packages")),
+                 None) or length
+    site.addsitedir(site_packages)
+    sys.path = sys.path[:index] + sys.path[length:] + sys.path[index:length]
+    from %(module)s import %(function)s
+
+    sys.exit(%(function)s())
+"""
 
 
 def ensure_build_tools() -> None:
     """shiv, and setuptools + wheel to build car itself (no build isolation: works offline)."""
     missing = []
-    for module, package in (("shiv", "shiv"), ("setuptools", "setuptools"), ("wheel", "wheel")):
+    for module, package in (("shiv", SHIV), ("setuptools", "setuptools"), ("wheel", "wheel")):
         try:
             __import__(module)
         except ImportError:
@@ -47,6 +100,19 @@ def stage_project(project: Path) -> None:
     shutil.copy2(ROOT / "ui" / "index.html", project / "car" / "web" / "index.html")
 
 
+def replace_main(pyz: Path, main: str) -> None:
+    """Rewrite the pyz with `main` as its __main__.py; every other entry and the shebang stay as they are."""
+    raw = pyz.read_bytes()
+    shebang = raw[:raw.index(b"\n") + 1]  # shiv writes one line before the zip
+    with zipfile.ZipFile(pyz) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    with pyz.open("wb") as fh:
+        fh.write(shebang)
+        with zipfile.ZipFile(fh, "w") as out:
+            for info, data in entries:
+                out.writestr(info, main.encode("utf-8") if info.filename == "__main__.py" else data)
+
+
 def build(output: Path) -> Path:
     ensure_build_tools()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +123,11 @@ def build(output: Path) -> Path:
         stage_project(project)
         partial = output.with_name(output.name + ".partial")
         subprocess.run([sys.executable, "-m", "shiv", "--site-packages", str(site),
-                        "--entry-point", "car.launch:main", "--python", "/usr/bin/env python3",
+                        "--entry-point", ENTRY_POINT, "--python", "/usr/bin/env python3",
                         "--output-file", str(partial), "--reproducible", "--compressed", "--compile-pyc",
                         str(project), "--no-deps", "--no-build-isolation", "--quiet"], check=True)
+        module, function = ENTRY_POINT.split(":")
+        replace_main(partial, FAST_MAIN % {"entry_point": ENTRY_POINT, "module": module, "function": function})
         partial.replace(output)  # never leave a half-built car.pyz behind
     return output
 

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
+# Starting python and importing car is most of what a short command costs (issue 5), so this
+# module and the cli_* modules it builds the parser from import only what every command needs:
+# each handler imports the modules of its own work (the engine, the runner, bootstrap).
 import argparse
 import json
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from car import __version__
-from car.agent import resolve_binary
-from car.bootstrap import describe_git, init_repo
 from car.cli_serve import add_serve_command
 from car.cli_usage import add_usage_command
 from car.config import AnyConfig, HubConfig, RepoConfig, find_config, load_config
-from car.docs import DocKind, parse_todos, read_doc
-from car.engine import ERROR_REASONS, Engine, reconcile
 from car.errors import CarError, ConfigError, Conflict, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
-from car.lock import clear_stale_lock, inspect_lock
-from car.logs import follow, list_runs, read_run, tail
-from car.repo_view import view_repo
-from car.runner import kill_elsewhere, stop_elsewhere
 from car.status import LockStatus, StopReason
 
 NO_CONFIG = ("no {car}/{cfg} in {where} or any parent directory; run `car init` in the repo's root "
@@ -67,6 +59,8 @@ def repo_config(args: argparse.Namespace) -> RepoConfig:
 
 # repo commands -------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
+    from car.bootstrap import describe_git, init_repo
+
     root = Path(args.repo or Path.cwd()).resolve()
     report = init_repo(root, force=args.force, git_init=args.git_init)
     for action in report.actions:
@@ -80,6 +74,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _run_in_foreground(config: RepoConfig, once: bool) -> int:
     """Run the loop on a thread; SIGINT/SIGTERM end the agent's group, record the run, unlock."""
+    import signal
+    import threading
+
+    from car.engine import ERROR_REASONS, Engine
+    from car.repo_view import view_repo
+
     engine = Engine(config)
     outcome: dict = {}
 
@@ -119,6 +119,9 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from car.lock import clear_stale_lock
+    from car.recovery import reconcile
+
     config = repo_config(args)
     reconcile(config)
     if clear_stale_lock(RepoLayout(config.root).lock):
@@ -127,6 +130,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from car.runner import stop_elsewhere
+
     try:
         info = stop_elsewhere(repo_config(args))
     except Conflict as exc:  # nothing running is not a failure: the wish is already true
@@ -137,6 +142,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    from car.runner import kill_elsewhere
+
     try:
         info = kill_elsewhere(repo_config(args))
     except Conflict as exc:
@@ -148,6 +155,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from car.recovery import reconcile
+    from car.repo_view import view_repo
+
     config = repo_config(args)
     if reconcile(config):
         _warn("the last run's owner died; its run is now closed as interrupted")
@@ -169,6 +179,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
+    import threading
+
+    from car.logs import follow, list_runs, read_run, tail
+
     config = repo_config(args)
     path, backups = config.log_path, config.log.backup_count
     if args.run is not None:
@@ -192,6 +206,11 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from car.agent import resolve_binary
+    from car.bootstrap import describe_git
+    from car.docs import DocKind, parse_todos, read_doc
+    from car.lock import inspect_lock
+
     config = repo_config(args)
     problems: List[str] = []
 
@@ -224,6 +243,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _agent_version(binary: str) -> Optional[str]:
+    import subprocess
+
     try:
         out = subprocess.run([binary, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
                              timeout=20, text=True)

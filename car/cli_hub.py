@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
-from car.bootstrap import init_hub
 from car.cli import WRONG_MODE_HUB_CMD
 from car.config import HubConfig, find_config, load_config
 from car.errors import ConfigError, UsageError
@@ -35,6 +32,8 @@ def _note(message: str) -> None:
 
 def hub_config(args: argparse.Namespace, create: bool = False) -> HubConfig:
     """The hub config from --hub or the nearest one upward; with `create`, none found = make one here."""
+    from car.bootstrap import init_hub  # like the hub modules: only hub commands load it
+
     explicit: Optional[Path] = getattr(args, "hub", None)
     start = Path(explicit or Path.cwd()).resolve()
     path = start / CAR_DIR / CONFIG_NAME if explicit else find_config(start)
@@ -54,6 +53,8 @@ def hub_config(args: argparse.Namespace, create: bool = False) -> HubConfig:
 
 
 def cmd_hub_init(args: argparse.Namespace) -> int:
+    from car.bootstrap import init_hub
+
     root = Path(getattr(args, "hub", None) or Path.cwd()).resolve()
     found = find_config(root)
     if found is not None:
@@ -94,6 +95,9 @@ def cmd_hub_status(args: argparse.Namespace) -> int:
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
     """Start the supervisor, then serve the API and page (car.web) until SIGINT/SIGTERM."""
+    import signal  # like the hub modules: only `hub serve` loads them
+    import threading
+
     config = hub_config(args, create=True)
     host = args.host if getattr(args, "host", None) is not None else config.server.host
     port = args.port if getattr(args, "port", None) is not None else config.server.port

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from car.config import HubConfig, find_config, load_config
-from car.engine import reconcile
-from car.runner import RepoRunner
 
 SERVE_HELP = "serve this repo's web page and JSON API (at a hub root: the hub's)"
 
@@ -45,7 +42,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from car.cli_hub import cmd_hub_serve  # `serve` at a hub root is `hub serve` (DESIGN §4)
 
         return cmd_hub_serve(args)
+    # here, not at the top: car.cli imports this module, and only `serve` needs the runner and the web
+    from concurrent.futures import ThreadPoolExecutor
+
     from car.cli import repo_config
+    from car.recovery import reconcile
+    from car.runner import RepoRunner
     from car.web.server import check_bind, print_ready, serve_repo
 
     config = repo_config(args)

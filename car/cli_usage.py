@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import TYPE_CHECKING, Any, List, Tuple
 
-from car.codex_events import TokenUsage
 from car.layout import RepoLayout
-from car.usage import HubUsageReport, UsageReport, hub_usage, repo_usage
+
+if TYPE_CHECKING:  # car.usage loads only for the usage commands: the others start faster
+    from car.codex_events import TokenUsage
+    from car.usage import HubUsageReport, UsageReport
 
 NO_RUNS = "no runs recorded yet ({path} is missing or empty)"
 
@@ -42,6 +44,7 @@ def render_hub_usage(report: HubUsageReport) -> List[str]:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     from car.cli import repo_config  # here, not at the top: car.cli imports this module
+    from car.usage import repo_usage
 
     report = repo_usage(repo_config(args))
     if args.json:
@@ -52,6 +55,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_usage(args: argparse.Namespace) -> int:
+    from car.usage import hub_usage
+
     report = hub_usage(hub_repo_roots(args))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
-import yaml
-
+from car import __version__
 from car.errors import ConfigError
-from car.files import dump_yaml
-from car.layout import CAR_DIR, CONFIG_NAME
+from car.files import dump_yaml, write_atomic
+from car.layout import CAR_DIR, CONFIG_CACHE_NAME, CONFIG_NAME
 
 VERSION = 2
 DEFAULT_CODEX_ARGS = ["exec", "--dangerously-bypass-approvals-and-sandbox", "--json", "-"]
+# a config changed this recently may change again within the same timestamp tick, unseen by its
+# stat: its parse is not cached
+RACY_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -159,18 +164,39 @@ def default_text(mode: str) -> str:
     return dump_yaml(default_data(mode))
 
 
-def load_config(path: Path) -> AnyConfig:
-    """Read and validate one config.yml; every problem is a ConfigError naming file and key."""
+def load_config(path: Path, *, clock_ns: Callable[[], int] = time.time_ns) -> AnyConfig:
+    """Read and validate one config.yml; every problem is a ConfigError naming file and key.
+
+    The parsed YAML is kept next to it (.config.json): a command that only reads the config then
+    never loads PyYAML (pure Python, ~20 ms to import and parse). Validation runs every time."""
+    stamp = _stamp(path)  # before the read: an edit during it changes the stamp, so it is never cached
+    cached = _read_cache(path, stamp)
+    if cached is not None:
+        try:
+            return parse_config(cached["data"], path)
+        except ConfigError:
+            pass  # parse the YAML after all: then the error names the line
+    data, node = _parse_yaml(path)
+    config = parse_config(data, path, node)
+    if stamp is not None and clock_ns() - stamp[-1] >= RACY_NS:  # stamp[-1]: the file's ctime
+        _write_cache(path, stamp, data)
+    return config
+
+
+def _parse_yaml(path: Path) -> Tuple[Any, Any]:
+    """The file's data and its YAML node tree (for line numbers; None for an untouched file)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
-    for mode, cls in _SECTIONS.items():
+    for mode in _SECTIONS:
         if text == default_text(mode):  # an untouched config: skip the (pure-Python, slow) YAML parse
-            return cls(root=path.resolve().parent.parent)
+            return {"mode": mode}, None
+    import yaml  # here, not at the top: a cached config never loads it
+
     try:
         node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text), node
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -179,7 +205,42 @@ def load_config(path: Path) -> AnyConfig:
         if context and context_mark is not None:
             problem += f" ({context} started at line {context_mark.line + 1})"
         raise ConfigError(f"{where}: invalid YAML: {problem}; fix the file or run `car init --force`") from exc
-    return parse_config(data, path, node)
+
+
+def _stamp(path: Path) -> Optional[List[int]]:
+    """[inode, size, mtime_ns, ctime_ns]: any write changes ctime, and nothing sets it back."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the read that follows reports it
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _read_cache(path: Path, stamp: Optional[List[int]]) -> Optional[dict]:
+    """The cached parse if this car made it from the file as it is now; None if stale or unreadable."""
+    if stamp is None:
+        return None
+    try:
+        cached = json.loads((path.parent / CONFIG_CACHE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cached, dict) or cached.get("car") != __version__ or cached.get("stamp") != stamp \
+            or "data" not in cached:
+        return None
+    return cached
+
+
+def _write_cache(path: Path, stamp: List[int], data: Any) -> None:
+    try:
+        text = json.dumps({"car": __version__, "stamp": stamp, "data": data}, allow_nan=False)
+    except (TypeError, ValueError):  # YAML-only values (a date): such a config is parsed every time
+        return
+    if json.loads(text)["data"] != data:  # nor one JSON would change (a number as a key)
+        return
+    try:
+        write_atomic(path.parent / CONFIG_CACHE_NAME, text)
+    except OSError:
+        pass  # a read-only repo: the config is parsed every time
 
 
 def parse_config(data: Any, path: Path, node: Any = None) -> AnyConfig:
@@ -263,6 +324,8 @@ class _Checker:
         return ConfigError(f"{where}: {key}: {expected}, got {shown}")
 
     def _line(self, keys: list[str]) -> Optional[int]:
+        import yaml  # loaded already when there is a node to look in
+
         node = self.node
         for key in keys:
             if not isinstance(node, yaml.MappingNode):

@@ -16,11 +16,12 @@ from car.config import RepoConfig
 from car.docs import DocKind, TodoCounts, parse_todos, read_doc
 from car.files import append_jsonl, read_jsonl, write_atomic
 from car.layout import RepoLayout
-from car.lock import acquire_lock, inspect_lock, release_lock, update_lock
-from car.logs import RunLog, has_end_marker, run_output
+from car.lock import acquire_lock, release_lock, update_lock
+from car.logs import RunLog, open_run_log, run_output
 from car.prompt import DEFAULT_TEMPLATE, clip_tail, render_prompt
+from car.recovery import reconcile
 from car.state import RepoState, load_state, save_state, utc_now
-from car.status import LockStatus, RunStatus, StopReason
+from car.status import RunStatus, StopReason
 
 ERROR_REASONS = {StopReason.AGENT_FAILED, StopReason.RUN_TIMEOUT, StopReason.IDLE_TIMEOUT,
                  StopReason.INTERRUPTED}
@@ -32,33 +33,9 @@ class RunResult:
     run_id: int
     exit_code: Optional[int]
     end_reason: Optional[StopReason]  # set when this run ends the loop
-    progressed: bool
+    progressed: bool  # TODO or files changed (files only when the loop counts progress: see _loop)
     todo: TodoCounts
     usage: Optional[TokenUsage] = None
-
-
-def open_run_log(config: RepoConfig, feed=None, name: Optional[str] = None) -> RunLog:
-    return RunLog(config.log_path, config.log.max_bytes, config.log.backup_count,
-                  name or f"car.repo.{config.root}", feed)
-
-
-def reconcile(config: RepoConfig) -> bool:
-    """Close a run that state.json says is running but whose owner is gone (DESIGN.md §3)."""
-    layout = RepoLayout(config.root)
-    state = load_state(layout.state)
-    if state.status != RunStatus.RUNNING.value:
-        return False
-    if inspect_lock(layout.lock).status is LockStatus.LOCKED_ALIVE:
-        return False
-    run_id = state.last_run_id
-    if run_id and not has_end_marker(config.log_path, config.log.backup_count, run_id):
-        log = open_run_log(config, name=f"car.reconcile.{config.root}")
-        log.end_run(run_id, "interrupted")
-        log.close()
-    state.status, state.stop_reason, state.runner_pid = RunStatus.ERROR.value, StopReason.INTERRUPTED.value, None
-    state.last_run_finished_at = state.last_run_finished_at or utc_now()
-    save_state(layout.state, state)
-    return True
 
 
 class Engine:
@@ -80,6 +57,7 @@ class Engine:
         self.current_run_id: Optional[int] = None
         self.current_run_started_at: Optional[str] = None
         self._fingerprint: Optional[str] = None
+        self._count_progress = True  # _loop() decides
 
     # controls (any thread) -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -113,6 +91,8 @@ class Engine:
 
     def _loop(self, once: bool) -> StopReason:
         runner = self.config.runner
+        # only no_progress_runs needs the files' progress: without it a run makes no git calls
+        self._count_progress = bool(runner.no_progress_runs) and not once
         started = self._clock()
         wall_deadline = started + runner.max_wallclock_seconds if runner.max_wallclock_seconds else None
         runs = stale = 0
@@ -177,10 +157,10 @@ class Engine:
         run_id = (state.last_run_id or 0) + 1
         docs = {k.value: read_doc(cfg.doc_path(k.value)).content for k in DocKind}
         # the last run's "after" serves as this run's "before": one git call per run, not two
-        before = (parse_todos(docs[DocKind.TODO.value]), self._fingerprint or git.fingerprint(cfg.root))
+        before = (parse_todos(docs[DocKind.TODO.value]), self._fingerprint or self._files_fingerprint())
         prompt = render_prompt(self._template(), docs, self._previous_output(state.last_run_id),
                                cfg.prompt.prev_run_max_chars)
-        write_atomic(layout.rendered_prompt, prompt)
+        write_atomic(layout.rendered_prompt, prompt, durable=False)  # made again for every run
 
         started_at = utc_now()
         state = RepoState(status=RunStatus.RUNNING.value, last_run_id=run_id, last_exit_code=None,
@@ -202,7 +182,7 @@ class Engine:
         if end_reason is None and self._blocked:
             end_reason = StopReason.BLOCKED
         after_todo = self._todo_counts()
-        self._fingerprint = git.fingerprint(cfg.root)
+        self._fingerprint = self._files_fingerprint()
         progressed = after_todo != before[0] or self._fingerprint != before[1]
         if cfg.git.auto_commit and exit_code == 0 and not reader.failure:
             note = git.auto_commit(cfg.root, cfg.git.commit_message_template.replace("{run_id}", str(run_id)))
@@ -222,6 +202,9 @@ class Engine:
         save_state(layout.state, state)
         self._on_change()
         return RunResult(run_id, exit_code, end_reason, progressed, after_todo, reader.usage)
+
+    def _files_fingerprint(self) -> Optional[str]:
+        return git.fingerprint(self.config.root) if self._count_progress else None
 
     def _template(self) -> str:
         try:

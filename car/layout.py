@@ -7,6 +7,7 @@ from pathlib import Path
 
 CAR_DIR = ".codex-autorunner"
 CONFIG_NAME = "config.yml"
+CONFIG_CACHE_NAME = ".config.json"  # config.yml parsed, next to it (car.config)
 GITIGNORE_TEXT = "*\n!/.gitignore\n"
 
 

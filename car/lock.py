@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -85,7 +84,7 @@ def acquire_lock(path: Path) -> LockInfo:
     """Create the lock for this process or raise LockError naming the holder."""
     pid = os.getpid()
     body = {"pid": pid, "pid_started": process_start_time(pid), "started_at": utc_now(),
-            "host": socket.gethostname(), "agent_pgid": None, "run_token": None}
+            "host": os.uname().nodename, "agent_pgid": None, "run_token": None}
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -105,7 +104,7 @@ def update_lock(path: Path, agent_pgid: Optional[int], run_token: Optional[str])
     if data.get("pid") != os.getpid():
         return
     data.update(agent_pgid=agent_pgid, run_token=run_token)
-    write_json(path, data)
+    write_json(path, data, durable=False)  # no fsync: a crash ends its owner, so the lock is stale anyway
 
 
 def release_lock(path: Path) -> None:

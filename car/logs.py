@@ -10,10 +10,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 from car.feed import Feed
 from car.state import utc_now
+
+if TYPE_CHECKING:
+    from car.config import RepoConfig
 
 _MARKER = re.compile(r"^(\S+) === run (\d+) (start|end \((.*)\)) ===$")
 _RUN_LINE = re.compile(r"^\S+ \[run (\d+)\] ?(.*)$")
@@ -103,6 +106,12 @@ class RunLog:
 
     def close(self) -> None:
         close_logger(self._logger)
+
+
+def open_run_log(config: RepoConfig, feed: Optional[Feed] = None, name: Optional[str] = None) -> RunLog:
+    """The run log of a repo, as its config sets it."""
+    return RunLog(config.log_path, config.log.max_bytes, config.log.backup_count,
+                  name or f"car.repo.{config.root}", feed)
 
 
 def log_files(path: Path, backup_count: int) -> List[Path]:

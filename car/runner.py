@@ -9,12 +9,14 @@ from typing import Callable, Optional
 
 from car.agent import end_run_elsewhere, resolve_binary
 from car.config import RepoConfig, load_config
-from car.engine import Engine, open_run_log, reconcile
+from car.engine import Engine
 from car.errors import ConfigError, Conflict, LockError
 from car.feed import Feed
 from car.files import write_atomic
 from car.layout import RepoLayout
 from car.lock import LockInfo, clear_stale_lock, inspect_lock, lock_held_message
+from car.logs import open_run_log
+from car.recovery import reconcile
 from car.repo_view import RepoView, view_repo
 from car.status import LockStatus, StopReason
 

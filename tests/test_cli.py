@@ -3,12 +3,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from car.cli import WRONG_MODE_REPO_CMD, main
+from car.config import RACY_NS, load_config
 from car.layout import RepoLayout
 
 from support import (
@@ -194,3 +196,19 @@ def test_stop_between_runs_and_kill_from_another_process(repo: Path, tmp_path: P
     assert "loop ended: killed" in finish(proc)
     assert pid_alive(proc.pid) is False and not any(pid_alive(p) for p in pids)
     assert run_car("stop", cwd=repo).stdout.startswith("car: no loop is running")
+
+
+@pytest.mark.parametrize("command, unwanted", [
+    ("status", ("car.engine", "car.agent", "car.git", "car.logs")),
+    ("once", ()),
+])
+def test_repo_commands_load_only_what_they_need(repo: Path, command: str, unwanted: tuple) -> None:
+    """Start-up is most of a short command's cost (issue 5): no YAML once the config is cached."""
+    load_config(RepoLayout(repo).config, clock_ns=lambda: time.time_ns() + 2 * RACY_NS)  # cache it now
+    code = "import sys; from car.launch import main; main(sys.argv[1:]); print('modules:', *sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code, command], cwd=repo, env=car_env(), capture_output=True,
+                         text=True, timeout=60)
+    modules = set(out.stdout.splitlines()[-1].split()[1:])
+    assert "car.cli" in modules, out.stdout + out.stderr
+    unwanted = ("yaml", "car.bootstrap", "car.hub", "car.runner", "car.usage", "car.web", *unwanted)
+    assert not [name for name in unwanted if name in modules]

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from car.config import DEFAULT_CODEX_ARGS, HubConfig, RepoConfig, find_config, load_config
+from car.bootstrap import init_repo
+from car.config import DEFAULT_CODEX_ARGS, RACY_NS, HubConfig, RepoConfig, find_config, load_config
 from car.errors import ConfigError
+from car.layout import CONFIG_CACHE_NAME, RepoLayout
+
+from support import car_env
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -87,3 +95,73 @@ def test_nearest_config_walking_up(tmp_path: Path) -> None:
 
 def test_no_config_anywhere(tmp_path: Path) -> None:
     assert find_config(tmp_path) is None or not str(find_config(tmp_path)).startswith(str(tmp_path))
+
+
+# the parsed-config cache (.config.json) ---------------------------------------------------
+def later() -> int:
+    """A clock at which the files a test just wrote are old enough to be cached."""
+    return time.time_ns() + 2 * RACY_NS
+
+
+def test_a_cached_config_is_the_same_config_and_loads_without_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 2\nmode: repo\nextra: 1\nrunner:\n  sleep_seconds: 0.5\n")
+    parsed = load_config(path, clock_ns=later)
+    assert (path.parent / CONFIG_CACHE_NAME).is_file()
+    assert load_config(path) == parsed  # warnings included
+    code = ("import sys; from pathlib import Path; from car.config import load_config; "
+            f"c = load_config(Path({str(path)!r})); print(c.runner.sleep_seconds, c.warnings, 'yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=car_env(), capture_output=True, text=True, timeout=60)
+    assert out.stdout == f"0.5 {parsed.warnings} False\n", out.stderr
+
+
+def test_an_untouched_config_is_cached_too(tmp_path: Path) -> None:
+    init_repo(tmp_path)
+    path = RepoLayout(tmp_path).config
+    assert load_config(path, clock_ns=later) == RepoConfig(root=tmp_path.resolve())
+    assert (path.parent / CONFIG_CACHE_NAME).is_file()
+    assert load_config(path) == RepoConfig(root=tmp_path.resolve())
+
+
+def test_the_cache_serves_while_the_file_is_unchanged_and_not_after_a_write(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 2\nmode: repo\nrunner:\n  sleep_seconds: 0.5\n")
+    load_config(path, clock_ns=later)
+    cache = path.parent / CONFIG_CACHE_NAME
+    cached = json.loads(cache.read_text())
+    cached["data"]["runner"]["sleep_seconds"] = 7
+    cache.write_text(json.dumps(cached))
+    assert load_config(path).runner.sleep_seconds == 7  # served from the cache
+    path.write_text("version: 2\nmode: repo\nrunner:\n  sleep_seconds: 0.25\n")
+    assert load_config(path).runner.sleep_seconds == 0.25
+    cached["data"]["runner"]["sleep_seconds"] = "soon"  # data this car rejects: the YAML decides
+    cache.write_text(json.dumps(cached))
+    assert load_config(path).runner.sleep_seconds == 0.25
+
+
+def test_a_config_written_within_the_last_second_is_not_cached(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 2\nmode: repo\n")
+    load_config(path)
+    assert not (path.parent / CONFIG_CACHE_NAME).exists()
+
+
+@pytest.mark.parametrize("junk", ["", "{", "[]", '{"car": "0.0.0", "stamp": [], "data": {}}'])
+def test_a_broken_or_foreign_cache_is_ignored_and_replaced(tmp_path: Path, junk: str) -> None:
+    path = write(tmp_path, "version: 2\nmode: repo\nrunner:\n  sleep_seconds: 0.5\n")
+    cache = path.parent / CONFIG_CACHE_NAME
+    cache.write_text(junk)
+    assert load_config(path, clock_ns=later).runner.sleep_seconds == 0.5
+    assert json.loads(cache.read_text())["data"]["runner"]["sleep_seconds"] == 0.5
+
+
+@pytest.mark.parametrize("extra", ["extra: 2024-01-01\n", "extra:\n  1: one\n"])
+def test_a_config_json_cannot_hold_is_parsed_every_time(tmp_path: Path, extra: str) -> None:
+    path = write(tmp_path, "version: 2\nmode: repo\n" + extra)
+    assert any("unknown key extra" in w for w in load_config(path, clock_ns=later).warnings)
+    assert not (path.parent / CONFIG_CACHE_NAME).exists()
+
+
+def test_errors_are_not_cached(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 2\nmode: repo\nrunner:\n  sleep_seconds: soon\n")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r"config.yml:4: runner.sleep_seconds: expected a number"):
+            load_config(path, clock_ns=later)
+    assert not (path.parent / CONFIG_CACHE_NAME).exists()

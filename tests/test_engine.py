@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -10,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from car.config import load_config
-from car.engine import Engine, reconcile
+from car.engine import Engine
 from car.errors import AgentError, LockError
 from car.layout import RepoLayout
 from car.lock import acquire_lock, clear_stale_lock, inspect_lock
 from car.logs import list_runs, log_files, read_run, run_output
+from car.recovery import reconcile
 from car.state import load_state
 from car.status import LockStatus, StopReason
 
@@ -91,6 +93,23 @@ def test_no_progress_stops_the_loop(repo: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FAKE_AGENT_MODE", "noop")
     assert engine(repo, no_progress_runs=2).run_loop() is StopReason.NO_PROGRESS
     assert state(repo).last_run_id == 2
+
+
+def test_git_is_asked_for_progress_only_when_no_progress_runs_can_stop_the_loop(
+        repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = tmp_path / "git-calls"
+    wrapper = tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_AGENT_MODE", "noop")
+    engine(repo).run_loop(once=True)
+    assert not calls.exists()  # `car once` never stops on no progress
+    engine(repo, no_progress_runs=None, stop_after_runs=2).run_loop()
+    assert not calls.exists()
+    engine(repo, no_progress_runs=2, stop_after_runs=None).run_loop()
+    assert calls.read_text().splitlines() == ["status --porcelain=v2 --branch --untracked-files=all"] * 3
 
 
 def test_blocked_line_stops_after_the_run(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,3 +68,18 @@ def test_pyz_alone_runs_version_init_once(pyz: Path, tmp_path: Path, minor: str)
     state = json.loads((repo / ".codex-autorunner" / "state.json").read_text())
     assert state["last_run_id"] == 1 and state["last_exit_code"] == 0
     assert "- [x]" in (repo / ".codex-autorunner" / "TODO.md").read_text()
+
+
+def test_once_unpacked_the_pyz_starts_without_shivs_bootstrap(pyz: Path, tmp_path: Path) -> None:
+    """build.py's __main__.py: shiv's bootstrap unpacks on the first run only (or when forced)."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SHIV_ROOT": str(tmp_path / "shiv")}
+
+    def bootstrapped(**extra: str) -> bool:
+        out = subprocess.run([sys.executable, "-X", "importtime", str(pyz), "--version"], env={**env, **extra},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.startswith("car "), out.stderr[-2000:]
+        return bool(re.search(r"\| _bootstrap$", out.stderr, re.M))
+
+    assert bootstrapped()  # the first run unpacks
+    assert not bootstrapped()
+    assert bootstrapped(SHIV_FORCE_EXTRACT="1")  # a SHIV_* setting: shiv does it all, as before

@@ -11,11 +11,11 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from car.docs import DocKind, read_doc, write_doc
-from car.engine import reconcile
 from car.errors import BadRequest, NotFound
 from car.files import read_jsonl
 from car.lock import inspect_lock
 from car.logs import list_runs, read_run, tail
+from car.recovery import reconcile
 from car.runner import RepoRunner
 from car.status import LockStatus
 from car.usage import repo_usage

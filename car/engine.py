@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -14,10 +15,10 @@ from car.agent import AgentProcess, Event, resolve_binary
 from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
 from car.docs import DocKind, TodoCounts, parse_todos, read_doc
-from car.files import append_jsonl, read_jsonl, write_atomic
+from car.files import append_jsonl, write_atomic
 from car.layout import RepoLayout
 from car.lock import acquire_lock, release_lock, update_lock
-from car.logs import RunLog, open_run_log, run_output
+from car.logs import RunLog, last_run_output, open_run_log, tail
 from car.prompt import DEFAULT_TEMPLATE, clip_tail, render_prompt
 from car.recovery import reconcile
 from car.state import RepoState, load_state, save_state, utc_now
@@ -215,10 +216,17 @@ class Engine:
     def _previous_output(self, run_id: Optional[int]) -> str:
         if not run_id:
             return ""
-        records = [r for r in read_jsonl(self.layout.runs) if isinstance(r, dict) and r.get("id") == run_id]
-        if records and records[-1].get("output") is not None:
-            return str(records[-1]["output"])
-        return run_output(self.config.log_path, self.config.log.backup_count, run_id)
+        # the newest run is at the end of both files: read from there, whatever their size
+        for line in reversed(tail(self.layout.runs, 3)):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("id") == run_id:
+                if record.get("output") is not None:
+                    return str(record["output"])
+                break
+        return last_run_output(self.config.log_path, self.config.log.backup_count, run_id)
 
     def _run_agent(self, run_id: int, reader: OutputReader,
                    wall_deadline: Optional[float]) -> tuple:

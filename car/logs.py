@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional
 
 from car.feed import Feed
 from car.state import utc_now
@@ -182,20 +182,45 @@ def has_end_marker(path: Path, backup_count: int, run_id: int) -> bool:
     return bool(lines) and bool(_MARKER.match(lines[-1])) and "end (" in lines[-1]
 
 
-def tail(path: Path, n: int) -> List[str]:
-    """The last `n` lines of the current log file, read from the end."""
-    if n <= 0 or not path.exists():
-        return []
-    with path.open("rb") as fh:
+def _read_back(path: Path, enough: Callable[[bytes], bool]) -> bytes:
+    """The end of a file, read backwards in chunks until `enough(data)` or the start."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return b""
+    with fh:
         fh.seek(0, os.SEEK_END)
         end = pos = fh.tell()
         chunk, data = 65536, b""
-        while pos > 0 and data.count(b"\n") <= n:
+        while pos > 0 and not enough(data):
             pos = max(0, pos - chunk)
             fh.seek(pos)
             data = fh.read(end - pos)
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return lines[-n:]
+    return data
+
+
+def tail(path: Path, n: int) -> List[str]:
+    """The last `n` lines of a file (a log, runs.jsonl), read from the end."""
+    if n <= 0:
+        return []
+    data = _read_back(path, lambda d: d.count(b"\n") > n)
+    return data.decode("utf-8", errors="replace").splitlines()[-n:]
+
+
+def last_run_output(path: Path, backup_count: int, run_id: int) -> str:
+    """run_output() of the newest run, read from the end of the log: its cost does not grow
+    with the log (a full read_run scan is the fallback when rotation moved the run)."""
+    start = f" === run {run_id} start ===".encode()
+    data = _read_back(path, lambda d: start in d)
+    if start not in data:
+        return run_output(path, backup_count, run_id)
+    lines = data[data.rindex(start):].decode("utf-8", errors="replace").splitlines()
+    out = []
+    for line in lines:
+        m = _RUN_LINE.match(line)
+        if m and int(m.group(1)) == run_id:
+            out.append(m.group(2))
+    return "\n".join(out)
 
 
 def follow(path: Path, stop: threading.Event, poll_seconds: float = 0.25) -> Iterator[str]:

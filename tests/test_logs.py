@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from car.logs import RunLog, last_run_output, list_runs, read_run, run_output, tail
+
+
+def write_runs(log: RunLog, first: int, last: int, lines: int = 50) -> None:
+    for run_id in range(first, last + 1):
+        log.start_run(run_id)
+        for i in range(lines):
+            log.write(f"output {run_id}.{i} " + "x" * 80, run_id)
+        log.end_run(run_id, "code 0")
+
+
+def test_last_run_output_reads_the_tail_and_matches_the_full_scan(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "car.log", max_bytes=0, backup_count=3, name="test.logs.tail")
+    write_runs(log, 1, 30, lines=200)
+    log.close()
+    path = tmp_path / "car.log"
+    assert last_run_output(path, 3, 30) == run_output(path, 3, 30)
+    assert last_run_output(path, 3, 30).splitlines()[-1].startswith("output 30.199 ")
+
+
+def test_last_run_output_finds_a_run_that_rotation_moved_to_a_backup(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "car.log", max_bytes=1000, backup_count=3, name="test.logs.rotated")
+    write_runs(log, 1, 2, lines=20)  # each run passes max_bytes: rolled over right after its end
+    log.close()
+    path = tmp_path / "car.log"
+    assert not path.exists() or "run 2" not in path.read_text()
+    assert last_run_output(path, 3, 2).splitlines()[0].startswith("output 2.0 ")
+    assert [r.id for r in list_runs(path, 3)] == [1, 2]
+    assert read_run(path, 3, 1)[-1].endswith("=== run 1 end (code 0) ===")
+
+
+def test_tail_reads_lines_from_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("".join(f"line {i}\n" for i in range(100_000)))
+    assert tail(path, 3) == ["line 99997", "line 99998", "line 99999"]
+    assert tail(tmp_path / "missing", 3) == [] and tail(path, 0) == []

@@ -10,13 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from car.layout import RepoLayout
-from car.state import RepoState, save_state
-
-from support import make_git_repo, make_repo
-from web_fixtures import hub_server, repo_server, write_hub_config
+from support import make_repo
+from web_fixtures import hub_server, make_sample_hub, repo_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu",
@@ -53,18 +49,7 @@ def page(browser):
 
 @pytest.fixture
 def hub_root(tmp_path: Path) -> Path:
-    """alpha and beta (idle, beta's last loop ended in error), gamma uninitialized, delta missing."""
-    root = tmp_path / "hub"
-    root.mkdir()
-    write_hub_config(root, auto_init_missing=False)
-    make_repo(root / "alpha", items=("one", "two", "three"))
-    make_repo(root / "beta")
-    save_state(RepoLayout(root / "beta").state, RepoState(status="error", stop_reason="agent_failed"))
-    make_git_repo(root / "gamma")
-    (root / ".codex-autorunner" / "manifest.yml").write_text(yaml.safe_dump({"version": 1, "repos": [
-        {"id": name, "path": name, "enabled": True, "auto_run": False}
-        for name in ("alpha", "beta", "gamma", "delta")]}))
-    return root
+    return make_sample_hub(tmp_path / "hub", alpha_items=("one", "two", "three"))
 
 
 def slow_agent(monkeypatch, lines: int = 15, sleep: float = 0.2) -> None:

@@ -9,14 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
 
 from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, release_lock
-from car.state import RepoState, save_state
 
-from support import car_env, make_git_repo, make_repo, wait_until
-from web_fixtures import Client, SseReader, hub_server, serve_cmd, write_hub_config
+from support import car_env, make_repo, wait_until
+from web_fixtures import Client, SseReader, hub_server, make_sample_hub, serve_cmd
 
 ENTRY_KEYS = {"id", "path", "display_name", "enabled", "auto_run", "status", "lock_status", "error",
               "last_run_id", "last_run_started_at", "last_run_finished_at", "last_exit_code",
@@ -25,18 +23,7 @@ ENTRY_KEYS = {"id", "path", "display_name", "enabled", "auto_run", "status", "lo
 
 @pytest.fixture
 def hub_root(tmp_path: Path) -> Path:
-    """alpha idle, beta error, gamma uninitialized (a git repo, no init), delta missing."""
-    root = tmp_path / "hub"
-    root.mkdir()
-    write_hub_config(root, auto_init_missing=False)
-    make_repo(root / "alpha")
-    make_repo(root / "beta")
-    save_state(RepoLayout(root / "beta").state, RepoState(status="error", stop_reason="agent_failed"))
-    make_git_repo(root / "gamma")
-    (root / ".codex-autorunner" / "manifest.yml").write_text(yaml.safe_dump({"version": 1, "repos": [
-        {"id": name, "path": name, "enabled": True, "auto_run": False}
-        for name in ("alpha", "beta", "gamma", "delta")]}))
-    return root
+    return make_sample_hub(tmp_path / "hub")
 
 
 @pytest.fixture

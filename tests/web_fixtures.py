@@ -243,32 +243,30 @@ def hub_server(root: Path, poll_seconds: float = 0.5, **options: Any) -> Iterato
         hub.shutdown()
 
 
-_SERVE_SHIM = """\
-import argparse, sys
-import car.cli as cli
-import car.cli_serve as cli_serve
-build = cli.build_parser
-def with_serve():
-    parser = build()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and "serve" not in action.choices:
-            cli_serve.add_serve_command(action)
-    return parser
-cli.build_parser = with_serve
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
 def serve_cmd(*args: str) -> List[str]:
-    """`car serve ...`; while cli.build_parser does not list `serve` yet, through a shim that adds it."""
-    import sys
-
-    from car.cli import build_parser
-
+    """`python -m car serve ...` as a subprocess command line."""
     from support import car_cmd
 
-    choices = next((a.choices for a in build_parser()._actions if hasattr(a, "choices") and a.choices
-                    and "run" in a.choices), {})
-    if "serve" in choices:
-        return car_cmd("serve", *args)
-    return [sys.executable, "-c", _SERVE_SHIM, "serve", *args]
+    return car_cmd("serve", *args)
+
+
+def make_sample_hub(root: Path, alpha_items: tuple = ("one", "two")) -> Path:
+    """alpha idle, beta idle after a loop that ended in error, gamma uninitialized (a git repo,
+    no init), delta missing from disk; all four in the manifest."""
+    import yaml
+
+    from car.layout import RepoLayout
+    from car.state import RepoState, save_state
+
+    from support import make_git_repo, make_repo
+
+    root.mkdir()
+    write_hub_config(root, auto_init_missing=False)
+    make_repo(root / "alpha", items=alpha_items)
+    make_repo(root / "beta")
+    save_state(RepoLayout(root / "beta").state, RepoState(status="error", stop_reason="agent_failed"))
+    make_git_repo(root / "gamma")
+    (root / ".codex-autorunner" / "manifest.yml").write_text(yaml.safe_dump({"version": 1, "repos": [
+        {"id": name, "path": name, "enabled": True, "auto_run": False}
+        for name in ("alpha", "beta", "gamma", "delta")]}))
+    return root

@@ -50,7 +50,9 @@ class HubSupervisor:
     def __init__(self, config: HubConfig, *, poll_seconds: float = 3.0, flush_seconds: float = 1.0,
                  max_workers: int = 1024) -> None:
         self.config, self.layout = config, HubLayout(config.root)
-        self.events = Feed()  # ("repo", RepoEntry json) on each change, ("repos", snapshot json) per scan
+        # ("repo", RepoEntry) on each change, ("repos", HubSnapshot) per scan: immutable records,
+        # turned into JSON by whoever sends them on (most scans have no listener at all)
+        self.events = Feed()
         self.log = logging.getLogger("car.hub")  # its file handler comes at start()
         # threads are made only as loops start: a large bound lets every repo run at once
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="car-repo")
@@ -166,7 +168,7 @@ class HubSupervisor:
                 self._listing.mark_published(slots, repos)
                 self._last_scan_at = utc_now()
                 snapshot = self.last_scan = HubSnapshot(repos, self._last_scan_at)
-        self.events.publish(("repos", snapshot.to_json()))
+        self.events.publish(("repos", snapshot))
         self._worker.schedule_flush()
         return snapshot
 
@@ -324,7 +326,7 @@ class HubSupervisor:
         with self._guard:
             changed = self._listing.changed(repo_ids)
         for entry in changed:
-            self.events.publish(("repo", entry.to_json()))
+            self.events.publish(("repo", entry))
         return bool(changed)
 
     def _flush(self) -> None:

@@ -228,12 +228,12 @@ def test_a_loop_runs_to_the_end_and_publishes_its_changes(tmp_path: Path):
         assert entry.stop_reason == "todo_done" and entry.todo_done == entry.todo_total == 2
         assert entry.last_run_id == 2 and entry.last_exit_code == 0
         _, items = hub.events.read_since(seq, timeout=0)
-        statuses = [data["status"] for kind, data in items if kind == "repo" and data["id"] == "alpha"]
+        statuses = [data.status for kind, data in items if kind == "repo" and data.id == "alpha"]
         assert statuses[0] == "running" and statuses[-1] == "idle"
         seq = hub.events.seq
         hub.scan()
         _, items = hub.events.read_since(seq, timeout=5)
-        assert ("repos", hub.snapshot().to_json()) in items
+        assert ("repos", hub.snapshot()) in items
     state = json.loads(HubLayout(root).hub_state.read_text())
     assert state["repos"] == [{"id": "alpha", "path": "alpha", "display_name": "alpha", "status": "idle",
                                "error": None}]

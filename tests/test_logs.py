@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
-from car.logs import RunLog, last_run_output, list_runs, read_run, run_output, tail
+from car.logs import RunLog, follow, last_run_output, list_runs, read_run, run_output, tail
+
+from support import wait_until
 
 
 def write_runs(log: RunLog, first: int, last: int, lines: int = 50) -> None:
@@ -38,3 +42,29 @@ def test_tail_reads_lines_from_the_end(tmp_path: Path) -> None:
     path.write_text("".join(f"line {i}\n" for i in range(100_000)))
     assert tail(path, 3) == ["line 99997", "line 99998", "line 99999"]
     assert tail(tmp_path / "missing", 3) == [] and tail(path, 0) == []
+
+
+
+def test_follow_delivers_every_new_line_across_a_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "car.log"
+    path.write_text("before follow\n")
+    stop, seen = threading.Event(), []
+    t = threading.Thread(target=lambda: seen.extend(follow(path, stop, poll_seconds=0.02)) or None,
+                         daemon=True)
+    log = RunLog(path, max_bytes=0, backup_count=3, name="test.logs.follow")
+    try:
+        t.start()
+        # the follower starts at the end of the file: ping until it shows it is reading
+        wait_until(lambda: log.write("ping") and any(s.endswith(" ping") for s in seen), 5, "the follower")
+        log.write("one")
+        log.write("two")
+        for handler in logging.getLogger("test.logs.follow").handlers:
+            handler.doRollover()  # "two" may still be unread in what is now the backup
+        log.write("three")
+        wait_until(lambda: any(s.endswith(" three") for s in seen), 5, "the line after the rotation")
+    finally:
+        stop.set()
+        log.close()
+        t.join(5)
+    words = [s.rsplit(" ", 1)[1] for s in seen if not s.endswith(" ping")]
+    assert words == ["one", "two", "three"] and "before follow" not in seen

@@ -14,13 +14,13 @@ from car.docs import DocKind, read_doc, write_doc
 from car.errors import BadRequest, NotFound
 from car.files import read_jsonl
 from car.lock import inspect_lock
-from car.logs import list_runs, read_run, tail
+from car.logs import FileCursor, list_runs, read_run, tail
 from car.recovery import reconcile
 from car.runner import RepoRunner
 from car.status import LockStatus
 from car.usage import repo_usage
 from car.web.router import Request, Response, Route, body_field, json_response, route
-from car.web.sse import Chunks, EventStream, FileCursor, Streams, encode_lines
+from car.web.sse import Chunks, EventStream, Streams, encode_lines
 
 GetRunner = Callable[..., RepoRunner]  # get_runner(**ids from the path) -> that repo's runner
 

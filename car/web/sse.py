@@ -2,18 +2,16 @@
 
 Sources are in-memory Feeds (each client keeps its own cursor, so a slow one only skips what fell
 off the Feed's bounded deque and never blocks a publisher) or, for a log another process writes,
-a FileCursor.
+a logs.FileCursor.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from car.feed import Feed
 
@@ -101,112 +99,3 @@ def feed_chunks(feed: Feed, streams: Streams, encode: Callable[[List[Any]], Opti
     while not streams.stop.is_set() and not feed.closed:
         seq, items = feed.read_since(seq, streams.tick_seconds)
         yield encode(items) if items else None
-
-
-class FileCursor:
-    """A position in a log file (inode + offset): the lines appended since, across rotation."""
-
-    TAIL_BYTES = 256 * 1024
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: Any = None
-        self._ino: Optional[int] = None
-        self._pos = 0
-        self._buf = b""
-
-    def position(self) -> Tuple[Optional[int], int]:
-        """Where the file ends now, as (inode, size); (None, 0) when it does not exist."""
-        try:
-            st = os.stat(self.path)
-            return st.st_ino, st.st_size
-        except FileNotFoundError:
-            return None, 0
-
-    def mark(self, position: Tuple[Optional[int], int]) -> None:
-        """What the file held at `position` counts as delivered (another source carried it)."""
-        self.close()
-        self._buf = b""
-        self._ino, self._pos = position
-
-    def tail(self, n: int) -> List[str]:
-        """The last `n` complete lines before the marked position."""
-        if n <= 0 or not self._pos:
-            return []
-        try:
-            with open(self.path, "rb") as fh:
-                if os.fstat(fh.fileno()).st_ino != self._ino:
-                    return []
-                start = max(0, self._pos - self.TAIL_BYTES)
-                fh.seek(start)
-                data = fh.read(self._pos - start)
-        except FileNotFoundError:
-            return []
-        lines = data.decode("utf-8", errors="replace").split("\n")
-        if start > 0:
-            lines = lines[1:]  # the first one is cut
-        return [line for line in lines if line][-n:]
-
-    def read_new(self) -> List[str]:
-        """Complete lines appended since the last call (or the mark)."""
-        out: List[str] = []
-        while True:
-            if self._fh is None and not self._open(out):
-                return out
-            data = self._fh.read()
-            if data:
-                self._pos += len(data)
-                self._take(data, out)
-            try:
-                rotated = os.stat(self.path).st_ino != self._ino
-            except FileNotFoundError:
-                rotated = False  # mid-rotation: the new file appears in a moment
-            if not rotated:
-                return out
-            self.close()  # the old file is read to its end; go on with the new one from 0
-            self._flush(out)
-            self._ino, self._pos = None, 0
-
-    def _open(self, out: List[str]) -> bool:
-        try:
-            fh = open(self.path, "rb")
-        except FileNotFoundError:
-            return False
-        ino = os.fstat(fh.fileno()).st_ino
-        if self._ino is not None and ino != self._ino:
-            self._finish_rotated(out)  # rotated since the mark: read the rest of the backup
-            self._flush(out)
-            self._ino, self._pos = None, 0
-        if self._ino is None:
-            self._ino, self._pos = ino, 0
-        if os.fstat(fh.fileno()).st_size < self._pos:
-            self._pos = 0  # truncated
-        fh.seek(self._pos)
-        self._fh = fh
-        return True
-
-    def _finish_rotated(self, out: List[str]) -> None:
-        backup = Path(f"{self.path}.1")
-        try:
-            with open(backup, "rb") as fh:
-                if os.fstat(fh.fileno()).st_ino == self._ino:
-                    fh.seek(self._pos)
-                    self._take(fh.read(), out)
-        except FileNotFoundError:
-            pass
-
-    def _flush(self, out: List[str]) -> None:
-        """A file that ended without a newline: its last line is complete all the same."""
-        if self._buf:
-            out.append(self._buf.decode("utf-8", errors="replace"))
-        self._buf = b""
-
-    def _take(self, data: bytes, out: List[str]) -> None:
-        self._buf += data
-        *done, self._buf = self._buf.split(b"\n")
-        out.extend(line.decode("utf-8", errors="replace") for line in done)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None

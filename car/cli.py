@@ -74,11 +74,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _run_in_foreground(config: RepoConfig, once: bool) -> int:
     """Run the loop on a thread; SIGINT/SIGTERM end the agent's group, record the run, unlock."""
-    import signal
     import threading
 
     from car.engine import ERROR_REASONS, Engine
     from car.repo_view import view_repo
+    from car.signals import on_stop_signals
 
     engine = Engine(config)
     outcome: dict = {}
@@ -89,17 +89,11 @@ def _run_in_foreground(config: RepoConfig, once: bool) -> int:
         except BaseException as exc:  # handed to the main thread below
             outcome["error"] = exc
 
-    def on_signal(signum: int, _frame: object) -> None:
-        engine.kill(StopReason.KILLED)  # only sets flags and queues an interrupt
-
     thread = threading.Thread(target=target, name="car-loop")
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    # engine.kill only sets flags and queues an interrupt: safe in a signal handler
+    with on_stop_signals(lambda: engine.kill(StopReason.KILLED)):
         thread.start()
         thread.join()
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
     if "error" in outcome:
         raise outcome["error"]
     reason: StopReason = outcome["reason"]

@@ -95,8 +95,9 @@ def cmd_hub_status(args: argparse.Namespace) -> int:
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
     """Start the supervisor, then serve the API and page (car.web) until SIGINT/SIGTERM."""
-    import signal  # like the hub modules: only `hub serve` loads them
-    import threading
+    import threading  # like the hub modules: only `hub serve` loads them
+
+    from car.signals import on_stop_signals
 
     config = hub_config(args, create=True)
     host = args.host if getattr(args, "host", None) is not None else config.server.host
@@ -110,24 +111,23 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
     if web is not None:
         web.check_bind(host, allow_remote)  # a refused bind exits before anything starts
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda _signum, _frame: stop.set())  # handlers only set a flag
-                for sig in (signal.SIGINT, signal.SIGTERM)}
     hub = _supervisor(config)
-    try:
-        hub.start()
-        snapshot = hub.snapshot()
-        _note(f"hub at {config.root}: {len(snapshot.repos)} repos, "
-              f"{sum(r.status.value == 'running' for r in snapshot.repos)} running")
-        if web is not None and not stop.is_set():
-            web.serve_hub(hub, host, port, allow_remote=allow_remote, base_path=base_path,
-                          ready=web.print_ready, stop=stop)
-        else:
-            _note("no web server in this build; the supervisor runs until Ctrl-C")
-            stop.wait()
-    finally:
-        hub.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with on_stop_signals(stop.set):  # from before the hub's start: a signal then still shuts it down
+        try:
+            hub.start()
+            snapshot = hub.snapshot()
+            _note(f"hub at {config.root}: {len(snapshot.repos)} repos, "
+                  f"{sum(r.status.value == 'running' for r in snapshot.repos)} running")
+            if stop.is_set():
+                pass  # asked to end while starting
+            elif web is not None:
+                web.serve_hub(hub, host, port, allow_remote=allow_remote, base_path=base_path,
+                              ready=web.print_ready, stop=stop)
+            else:
+                _note("no web server in this build; the supervisor runs until Ctrl-C")
+                stop.wait()
+        finally:
+            hub.shutdown()
     return 0
 
 

@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import secrets
-import signal
 import socket
 import socketserver
 import threading
@@ -20,6 +19,7 @@ from car.errors import CarError, NotFound, UsageError
 from car.files import write_atomic
 from car.layout import HubLayout, RepoLayout
 from car.logs import close_logger, make_logger
+from car.signals import on_stop_signals
 from car.web.api_hub import hub_routes
 from car.web.api_repo import repo_routes
 from car.web.handler import App, Handler, host_names, is_loopback, is_wildcard
@@ -182,16 +182,9 @@ def print_ready(running: Running) -> None:
 def wait_for_signal(stop: Optional[threading.Event] = None) -> None:
     """Block until SIGINT/SIGTERM (or `stop`): the handlers only set the Event (STYLE §3.12)."""
     stop = stop or threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda _signum, _frame: stop.set())
-    try:
+    with on_stop_signals(stop.set):
         while not stop.wait(0.5):
             pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _serve(routes: List[Route], host: str, port: int, log: logging.Logger, token_path: Path,

@@ -194,10 +194,6 @@ def init_hub(root: Path) -> InitReport:
     return report
 
 
-def is_initialized(root: Path) -> bool:
-    return RepoLayout(root).config.is_file()
-
-
 def describe_git(root: Path) -> Optional[str]:
     """A warning when the repo is not under git (car works, but progress and commits are weaker)."""
     if not (root / ".git").exists():

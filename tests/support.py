@@ -103,3 +103,11 @@ def pid_alive(pid: int) -> bool:
 
 def read_pids(path: Path) -> list:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def hang_agent(monkeypatch: Any, tmp_path: Path) -> Path:
+    """Make the fake agent hang with a child of its own; returns the file their pids go to."""
+    pidfile = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
+    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    return pidfile

@@ -20,7 +20,7 @@ from car.layout import CAR_DIR, GITIGNORE_TEXT, HubLayout, RepoLayout
 from car.lock import inspect_lock
 
 from hub_fixtures import agent_repos, git_repos, make_hub, stamp, started
-from support import car_cmd, car_env, pid_alive, read_pids, run_car, wait_until
+from support import car_cmd, car_env, hang_agent, pid_alive, read_pids, run_car, wait_until
 
 
 def start_serve(root: Path, tmp_path: Path, name: str = "serve") -> subprocess.Popen:
@@ -145,9 +145,7 @@ def test_a_second_hub_exits_1_at_once_naming_the_first(tmp_path: Path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_every_agent_releases_locks_and_flushes_state(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int):
-    pidfile = tmp_path / "pids"
-    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
-    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    pidfile = hang_agent(monkeypatch, tmp_path)
     root = tmp_path / "hub"
     config = make_hub(root)
     agent_repos(root, "alpha", "beta")

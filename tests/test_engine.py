@@ -20,7 +20,7 @@ from car.recovery import reconcile
 from car.state import load_state
 from car.status import LockStatus, StopReason
 
-from support import git, pid_alive, read_pids, update_config, wait_until, write_todo
+from support import git, hang_agent, pid_alive, read_pids, update_config, wait_until, write_todo
 
 
 def engine(repo: Path, **runner) -> Engine:
@@ -154,15 +154,8 @@ def test_an_old_stop_file_does_not_stop_a_new_loop(repo: Path) -> None:
     assert not RepoLayout(repo).stop.exists()
 
 
-def hang(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    pidfile = tmp_path / "pids"
-    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
-    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
-    return pidfile
-
-
 def test_kill_ends_the_agent_and_its_child(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pidfile = hang(repo, monkeypatch, tmp_path)
+    pidfile = hang_agent(monkeypatch, tmp_path)
     eng = engine(repo)
     t, result = loop_in_thread(eng)
     pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent and child")
@@ -179,7 +172,7 @@ def test_kill_ends_the_agent_and_its_child(repo: Path, monkeypatch: pytest.Monke
 
 def test_kill_escalates_when_the_agent_ignores_sigint(repo: Path, monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
-    pidfile = hang(repo, monkeypatch, tmp_path)
+    pidfile = hang_agent(monkeypatch, tmp_path)
     monkeypatch.setenv("FAKE_AGENT_IGNORE_INT", "1")
     eng = engine(repo, kill_grace_seconds=1)
     t, result = loop_in_thread(eng)
@@ -212,7 +205,7 @@ def test_kill_reaches_a_process_in_its_own_session(repo: Path, tmp_path: Path) -
 
 
 def test_run_timeout_watchdog(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pidfile = hang(repo, monkeypatch, tmp_path)
+    pidfile = hang_agent(monkeypatch, tmp_path)
     assert engine(repo, run_timeout_seconds=1).run_loop() is StopReason.RUN_TIMEOUT
     assert not any(pid_alive(p) for p in read_pids(pidfile))
     s = state(repo)

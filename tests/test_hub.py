@@ -19,7 +19,7 @@ from car.state import RepoState, save_state
 from car.status import LockStatus
 
 from hub_fixtures import agent_repos, git_repos, hub_config, make_hub, stamp, started, wait_status
-from support import car_cmd, car_env, pid_alive, read_pids, wait_until, write_todo
+from support import car_cmd, car_env, hang_agent, pid_alive, read_pids, wait_until, write_todo
 
 
 def manifest_of(root: Path) -> list:
@@ -255,9 +255,7 @@ def test_stop_ends_the_loop_after_the_current_run(tmp_path: Path, monkeypatch: p
 
 
 def test_kill_ends_the_agent_and_its_child_and_spares_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    pidfile = tmp_path / "pids"
-    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
-    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    pidfile = hang_agent(monkeypatch, tmp_path)
     root = tmp_path / "hub"
     config = make_hub(root)
     agent_repos(root, "alpha")
@@ -336,9 +334,7 @@ def test_a_loop_sleeping_between_runs_is_still_running(tmp_path: Path):
 
 def test_kill_of_another_process_run_ends_its_agent_never_that_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    pidfile = tmp_path / "pids"
-    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
-    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    pidfile = hang_agent(monkeypatch, tmp_path)
     root = tmp_path / "hub"
     config = make_hub(root)
     agent_repos(root, "alpha")
@@ -400,9 +396,7 @@ def test_the_hub_log_rotates_at_max_bytes(tmp_path: Path):
 
 
 def test_shutdown_ends_every_agent_and_releases_every_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    pidfile = tmp_path / "pids"
-    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
-    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    pidfile = hang_agent(monkeypatch, tmp_path)
     root = tmp_path / "hub"
     config = make_hub(root)
     agent_repos(root, "alpha", "beta")

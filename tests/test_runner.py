@@ -14,7 +14,7 @@ from car.errors import ConfigError, Conflict, LockError
 from car.layout import RepoLayout
 from car.runner import RepoRunner
 
-from support import pid_alive, read_pids, update_config, wait_until, write_todo
+from support import hang_agent, pid_alive, read_pids, update_config, wait_until, write_todo
 
 
 @pytest.fixture
@@ -61,9 +61,7 @@ def test_start_twice_is_a_conflict_and_stop_ends_after_the_run(repo: Path, pool,
 
 
 def test_kill_ends_the_run_group_and_keeps_this_process(repo: Path, pool, monkeypatch, tmp_path) -> None:
-    pidfile = tmp_path / "pids"
-    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
-    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    pidfile = hang_agent(monkeypatch, tmp_path)
     runner = make_runner(repo, pool)
     runner.start()
     pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent + child")

@@ -8,6 +8,7 @@ from pathlib import Path
 CAR_DIR = ".codex-autorunner"
 CONFIG_NAME = "config.yml"
 CONFIG_CACHE_NAME = ".config.json"  # config.yml parsed, next to it (car.config)
+STATE_NAME, LOCK_NAME = "state.json", "lock"
 GITIGNORE_TEXT = "*\n!/.gitignore\n"
 
 
@@ -31,7 +32,7 @@ class CarDir:
 
     @property
     def lock(self) -> Path:
-        return self.dir / "lock"
+        return self.dir / LOCK_NAME
 
     @property
     def token(self) -> Path:
@@ -45,7 +46,7 @@ class RepoLayout(CarDir):
 
     @property
     def state(self) -> Path:
-        return self.dir / "state.json"
+        return self.dir / STATE_NAME
 
     @property
     def stop(self) -> Path:

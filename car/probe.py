@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, List, NamedTuple, Optional
 
-from car.config import HubConfig, default_text, load_config
+from car.config import DocsConfig, HubConfig, default_text, load_config
 from car.docs import parse_todos
 from car.errors import CarError
-from car.layout import CAR_DIR, CONFIG_NAME
+from car.layout import CAR_DIR, CONFIG_NAME, LOCK_NAME, STATE_NAME
 from car.lock import LockInfo, inspect_lock
 from car.status import LockStatus
 
@@ -21,8 +21,9 @@ from car.status import LockStatus
 RACY_NS = 1_000_000_000
 STATE_KEYS = ("status", "last_run_id", "last_exit_code", "last_run_started_at", "last_run_finished_at",
               "stop_reason")
-CONFIG_REL, STATE_REL, LOCK_REL = f"{CAR_DIR}/{CONFIG_NAME}", f"{CAR_DIR}/state.json", f"{CAR_DIR}/lock"
-TODO_REL = f"{CAR_DIR}/TODO.md"
+# the repo's files as strings relative to its root: os.path on str is much cheaper than pathlib here
+CONFIG_REL, STATE_REL, LOCK_REL = (f"{CAR_DIR}/{name}" for name in (CONFIG_NAME, STATE_NAME, LOCK_NAME))
+TODO_REL = DocsConfig().todo  # where an untouched default config puts it
 # A cached read is a list, in the very form hub_state.json stores it: [inode, size, mtime_ns, *value].
 # The inode catches atomic writes (a new file), size and mtime_ns edits in place. A file that is not
 # there has inode None; a read not to be trusted has inode UNTRUSTED, which no stat matches.

@@ -56,9 +56,17 @@ class OutputReader:
     final_message: str | None = None  # None: the caller uses the run's log lines instead
     usage: TokenUsage | None = None
     failure: str | None = None  # what the agent reported as its failure, if it did
+    blocked: bool = False  # the agent said a line starting with BLOCKED: (it needs a human)
 
     def feed(self, line: str) -> list[str]:
-        return [line.rstrip("\r\n")]
+        text = line.rstrip("\r\n")
+        self._see(text)
+        return [text]
+
+    def _see(self, text: str) -> None:
+        """Note a BLOCKED: line in what the agent said (any line of it)."""
+        if not self.blocked and "BLOCKED:" in text:
+            self.blocked = any(part.lstrip().startswith("BLOCKED:") for part in text.splitlines())
 
 
 class CodexReader(OutputReader):
@@ -74,6 +82,7 @@ class CodexReader(OutputReader):
             return []
         event = parse_event(text)
         if event is None:
+            self._see(text)
             return [text]
         try:
             return self._on_event(event)
@@ -111,6 +120,7 @@ class CodexReader(OutputReader):
             return render_command(item) if done else _command_start(item, kind)
         if item_type == "agent_message" and done:
             self.final_message = _str(item.get("text"))
+            self._see(self.final_message)
             return _prefixed("agent: ", self.final_message)
         if item_type == "reasoning" and done:
             return _prefixed("thinking: ", _str(item.get("text")))
@@ -153,6 +163,7 @@ class _SniffingReader(OutputReader):
     def __init__(self) -> None:
         self._inner: OutputReader | None = None
         self._text_lines = 0
+        self._blocked_early = False  # a BLOCKED: line before the reader was chosen
 
     def feed(self, line: str) -> list[str]:
         if self._inner is None:
@@ -161,6 +172,7 @@ class _SniffingReader(OutputReader):
                 # Merged stderr can come first: Codex warns on stderr before its first event
                 # (e.g. "WARNING: proceeding, even though we could not create PATH aliases").
                 self._text_lines += bool(text)
+                self._blocked_early = self._blocked_early or text.startswith("BLOCKED:")
                 if self._text_lines >= SNIFF_MAX_TEXT_LINES:
                     self._inner = OutputReader()
                 return [line.rstrip("\r\n")]
@@ -171,6 +183,7 @@ class _SniffingReader(OutputReader):
     final_message = property(lambda self: self._inner.final_message if self._inner else None)
     usage = property(lambda self: self._inner.usage if self._inner else None)
     failure = property(lambda self: self._inner.failure if self._inner else None)
+    blocked = property(lambda self: self._blocked_early or bool(self._inner and self._inner.blocked))
 
 
 def parse_event(line: str) -> dict[str, Any] | None:

@@ -180,7 +180,7 @@ class Engine:
             why = reader.failure or f"exit code {exit_code}"
             self.log.write(f"car: the agent failed: {why}", run_id)
             end_reason = StopReason.AGENT_FAILED
-        if end_reason is None and self._blocked:
+        if end_reason is None and reader.blocked:
             end_reason = StopReason.BLOCKED
         after_todo = self._todo_counts()
         self._fingerprint = self._files_fingerprint()
@@ -232,7 +232,6 @@ class Engine:
                    wall_deadline: Optional[float]) -> tuple:
         cfg = self.config
         argv = [resolve_binary(cfg.codex.binary, cfg.root), *cfg.codex.args]
-        self._blocked = False
         try:
             agent = self._spawn(argv, cfg.root, self.layout.rendered_prompt)
         except Exception as exc:  # reported in the run, and the loop stops on it
@@ -291,8 +290,6 @@ class Engine:
                 last_output = self._clock()
                 for line in reader.feed(item):
                     self.log.write(line, run_id)
-                    if line.lstrip().startswith("BLOCKED:") or line.startswith("agent: BLOCKED:"):
-                        self._blocked = True
             elif item[0] == Event.EOF:
                 eof = True
             elif item[0] == Event.EXITED:

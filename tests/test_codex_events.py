@@ -200,3 +200,21 @@ def test_other_items() -> None:
 ])
 def test_display_command(command: str, shown: str) -> None:
     assert display_command(command) == shown
+
+
+def agent_message(text: str) -> str:
+    return json.dumps({"type": "item.completed", "item": {"id": "m", "type": "agent_message", "text": text}})
+
+
+@pytest.mark.parametrize("lines, blocked", [
+    (["working", "BLOCKED: need the staging key"], True),  # a raw agent
+    (["  BLOCKED: indented still counts"], True),
+    (["the word BLOCKED: inside a sentence does not"], False),
+    (['{"type":"thread.started","thread_id":"t"}', agent_message("Done part one.\nBLOCKED: which DB?")], True),
+    (['{"type":"thread.started","thread_id":"t"}', agent_message("All done, nothing BLOCKED: here")], False),
+    (["BLOCKED: said before the first event", '{"type":"thread.started","thread_id":"t"}'], True),
+])
+def test_a_blocked_line_from_the_agent_is_noticed(lines: list, blocked: bool) -> None:
+    reader = make_reader()
+    feed_all(reader, lines)
+    assert reader.blocked is blocked

@@ -4,7 +4,7 @@ import logging
 import threading
 from pathlib import Path
 
-from car.logs import RunLog, follow, last_run_output, list_runs, read_run, run_output, tail
+from car.logs import FileCursor, RunLog, follow, last_run_output, list_runs, read_run, run_output, tail
 
 from support import wait_until
 
@@ -68,3 +68,37 @@ def test_follow_delivers_every_new_line_across_a_rotation(tmp_path: Path) -> Non
         t.join(5)
     words = [s.rsplit(" ", 1)[1] for s in seen if not s.endswith(" ping")]
     assert words == ["one", "two", "three"] and "before follow" not in seen
+
+
+def test_file_cursor_reads_appends_partial_lines_and_rotation(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("old 1\nold 2\n")
+    cursor = FileCursor(log)
+    cursor.mark(cursor.position())
+    assert cursor.tail(1) == ["old 2"] and cursor.read_new() == []
+    with log.open("a") as fh:
+        fh.write("new 1\nnew 2 (half")
+    assert cursor.read_new() == ["new 1"]
+    with log.open("a") as fh:
+        fh.write(")\nnew 3\n")
+    log.rename(tmp_path / "x.log.1")  # rotation, as RotatingFileHandler does it
+    log.write_text("next 1\n")
+    assert cursor.read_new() == ["new 2 (half)", "new 3", "next 1"]
+    cursor.close()
+
+
+def test_file_cursor_catches_up_from_its_mark_across_a_rotation(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("a\n")
+    cursor = FileCursor(log)
+    cursor.mark(cursor.position())
+    with log.open("a") as fh:
+        fh.write("b\n")
+    log.rename(tmp_path / "x.log.1")
+    log.write_text("c\n")
+    assert cursor.read_new() == ["b", "c"]
+    missing = FileCursor(tmp_path / "none.log")
+    missing.mark(missing.position())
+    assert missing.read_new() == [] and missing.tail(5) == []
+    (tmp_path / "none.log").write_text("first\n")
+    assert missing.read_new() == ["first"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from car.web.api_hub import hub_routes
 from car.web.api_repo import repo_routes
 from car.web.router import MethodNotAllowed, Request, body_field, error_response, resolve, route
 from car.web.server import normalize_base_path
-from car.web.sse import EventStream, FileCursor, Streams, encode_event, encode_lines, feed_chunks
+from car.web.sse import EventStream, Streams, encode_event, encode_lines, feed_chunks
 
 
 def handler_named(name):
@@ -136,40 +135,6 @@ def test_a_gone_client_is_noticed_without_a_write():
     gone.set()
     t.join(5)
     assert not t.is_alive()
-
-
-def test_file_cursor_reads_appends_partial_lines_and_rotation(tmp_path: Path):
-    log = tmp_path / "x.log"
-    log.write_text("old 1\nold 2\n")
-    cursor = FileCursor(log)
-    cursor.mark(cursor.position())
-    assert cursor.tail(1) == ["old 2"] and cursor.read_new() == []
-    with log.open("a") as fh:
-        fh.write("new 1\nnew 2 (half")
-    assert cursor.read_new() == ["new 1"]
-    with log.open("a") as fh:
-        fh.write(")\nnew 3\n")
-    log.rename(tmp_path / "x.log.1")  # rotation, as RotatingFileHandler does it
-    log.write_text("next 1\n")
-    assert cursor.read_new() == ["new 2 (half)", "new 3", "next 1"]
-    cursor.close()
-
-
-def test_file_cursor_catches_up_from_its_mark_across_a_rotation(tmp_path: Path):
-    log = tmp_path / "x.log"
-    log.write_text("a\n")
-    cursor = FileCursor(log)
-    cursor.mark(cursor.position())
-    with log.open("a") as fh:
-        fh.write("b\n")
-    log.rename(tmp_path / "x.log.1")
-    log.write_text("c\n")
-    assert cursor.read_new() == ["b", "c"]
-    missing = FileCursor(tmp_path / "none.log")
-    missing.mark(missing.position())
-    assert missing.read_new() == [] and missing.tail(5) == []
-    (tmp_path / "none.log").write_text("first\n")
-    assert missing.read_new() == ["first"]
 
 
 class FakeHub:

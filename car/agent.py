@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import secrets
 import shutil
 import signal
 import subprocess
@@ -59,7 +58,7 @@ class AgentProcess:
 
     @classmethod
     def spawn(cls, argv: List[str], cwd: Path, prompt_path: Path) -> AgentProcess:
-        token = secrets.token_hex(12)
+        token = os.urandom(12).hex()  # what secrets.token_hex does, without its imports
         env = dict(os.environ, **{TOKEN_VAR: token})
         with prompt_path.open("rb") as stdin:  # a file: no argv limit, and EOF so exec never waits
             try:

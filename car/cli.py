@@ -202,7 +202,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from car.agent import resolve_binary
     from car.bootstrap import describe_git
-    from car.docs import DocKind, parse_todos, read_doc
+    from car.docs import DocKind, parse_todos, read_text
     from car.lock import inspect_lock
 
     config = repo_config(args)
@@ -220,7 +220,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         path = config.doc_path(kind.value)
         check(path.is_file(), f"doc {kind.value}: {path}", f"doc {kind.value} missing: {path} "
               f"(run `car init` to create it, or fix docs.{kind.value})")
-    todos = parse_todos(read_doc(config.doc_path("todo")).content)
+    todos = parse_todos(read_text(config.doc_path("todo")))
     print(f"info  TODO: {todos.done} done, {todos.outstanding} outstanding")
     try:
         binary = resolve_binary(config.codex.binary, config.root)

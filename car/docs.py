@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -71,15 +70,21 @@ def parse_todos(text: str) -> TodoCounts:
 
 
 def etag_of(content: str) -> str:
+    import hashlib  # here: only the web's edits need etags, and hashlib's OpenSSL costs ~4 ms a start
+
     return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
 
 
-def read_doc(path: Path) -> Doc:
-    """A missing doc reads as empty; writing it creates it."""
+def read_text(path: Path) -> str:
+    """A doc's content; a missing doc reads as empty (writing it creates it)."""
     try:
-        content = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        content = ""
+        return ""
+
+
+def read_doc(path: Path) -> Doc:
+    content = read_text(path)
     return Doc(content, etag_of(content))
 
 

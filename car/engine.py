@@ -14,7 +14,7 @@ from car import git
 from car.agent import AgentProcess, Event, resolve_binary
 from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
-from car.docs import DocKind, TodoCounts, parse_todos, read_doc
+from car.docs import DocKind, TodoCounts, parse_todos, read_text
 from car.files import append_jsonl, write_atomic
 from car.layout import RepoLayout
 from car.lock import acquire_lock, release_lock, update_lock
@@ -140,7 +140,7 @@ class Engine:
             return None
 
     def _todo_counts(self) -> TodoCounts:
-        return parse_todos(read_doc(self.config.doc_path(DocKind.TODO.value)).content)
+        return parse_todos(read_text(self.config.doc_path(DocKind.TODO.value)))
 
     def _finish(self, reason: StopReason) -> None:
         state = load_state(self.layout.state)
@@ -156,7 +156,7 @@ class Engine:
         cfg, layout = self.config, self.layout
         state = load_state(layout.state)
         run_id = (state.last_run_id or 0) + 1
-        docs = {k.value: read_doc(cfg.doc_path(k.value)).content for k in DocKind}
+        docs = {k.value: read_text(cfg.doc_path(k.value)) for k in DocKind}
         # the last run's "after" serves as this run's "before": one git call per run, not two
         before = (parse_todos(docs[DocKind.TODO.value]), self._fingerprint or self._files_fingerprint())
         prompt = render_prompt(self._template(), docs, self._previous_output(state.last_run_id),

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -24,6 +22,8 @@ def _git(root: Path, *args: str, timeout: float = 60) -> Tuple[int, str]:
 
 
 def has_git() -> bool:
+    import shutil  # here, as hashlib below: a run without git features never loads them (start time)
+
     return shutil.which("git") is not None
 
 
@@ -33,6 +33,8 @@ def is_work_tree(root: Path) -> bool:
 
 def fingerprint(root: Path) -> str:
     """A digest that changes when the repo's files change (git status + HEAD, else mtimes)."""
+    import hashlib
+
     h = hashlib.sha256()
     if is_work_tree(root):
         # one call: v2 --branch carries HEAD's oid ("# branch.oid") next to the changes

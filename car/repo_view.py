@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from car.config import RepoConfig
-from car.docs import DocKind, parse_todos, read_doc
+from car.docs import DocKind, parse_todos, read_text
 from car.layout import RepoLayout
 from car.lock import inspect_lock
 from car.state import load_state
@@ -42,7 +42,7 @@ def view_repo(config: RepoConfig, runner_active: bool = False, current_run_id: O
     layout = RepoLayout(config.root)
     state = load_state(layout.state)
     lock = inspect_lock(layout.lock)
-    todos = parse_todos(read_doc(config.doc_path(DocKind.TODO.value)).content)
+    todos = parse_todos(read_text(config.doc_path(DocKind.TODO.value)))
     facts = RepoFacts(exists=True, initialized=True, runner_active=runner_active,
                       lock=lock.status, last_state=state.status)
     running_elsewhere = not runner_active and state.status == "running" and lock.status.value == "locked_alive"

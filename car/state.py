@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,7 +15,8 @@ from car.status import RunStatus
 
 def utc_now() -> str:
     """ISO-8601 UTC with milliseconds, the one time format in state and logs."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = time.time_ns() // 1_000_000  # time, not datetime: one import less at every start
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(ms // 1000))}.{ms % 1000:03d}Z"
 
 
 @dataclass

@@ -7,6 +7,7 @@ Usage: python3 build.py [--output dist/car.pyz]. Installs shiv into this interpr
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -25,26 +26,19 @@ FAST_MAIN = """\
 import os
 import sys
 
+BUILD_ID = %(build_id)r  # from shiv's environment.json, read at build time: no json import at start
+ROOT = %(root)r  # shiv's unpack root as built (None: ~/.shiv)
+
 
 def unpacked_site_packages():
     \"\"\"Where shiv unpacked this build (its cache_path()), or None if it has not yet.\"\"\"
     if any(name.startswith("SHIV_") and name != "SHIV_ROOT" for name in os.environ):
         return None
-    import json
-
-    try:
-        env = json.loads(__loader__.get_data("environment.json"))
-        build_id = env["build_id"]
-    except (AttributeError, OSError, ValueError, KeyError):
-        return None
-    if env.get("entry_point") != "%(entry_point)s" or env.get("no_modify") or env.get("preamble") \\
-            or env.get("extend_pythonpath") or env.get("prepend_pythonpath") or env.get("always_write_cache"):
-        return None
-    root = os.environ.get("SHIV_ROOT", env.get("root")) or "~/.shiv"
+    root = os.environ.get("SHIV_ROOT", ROOT) or "~/.shiv"
     if root.startswith("$"):
         root = os.environ.get(root[1:], root[1:])
     name = os.path.basename(os.path.realpath(sys.argv[0]))
-    path = os.path.join(os.path.expanduser(root), name + "_" + build_id, "site-packages")
+    path = os.path.join(os.path.expanduser(root), name + "_" + BUILD_ID, "site-packages")
     return path if os.path.isdir(path) else None
 
 
@@ -55,18 +49,33 @@ if site_packages is None:
     _bootstrap.bootstrap()
 else:
     import site
-    from pathlib import Path
 
     # as shiv's bootstrap does it: ours goes before the first site-packages already on sys.path
     length = len(sys.path)
-    index = next((i for i, p in enumerate(sys.path) if Path(p).stem in ("site-packages", "dist-packages")),
-                 None) or length
+    index = next((i for i, p in enumerate(sys.path)
+                  if os.path.basename(p.rstrip("/")) in ("site-packages", "dist-packages")), None) or length
     site.addsitedir(site_packages)
     sys.path = sys.path[:index] + sys.path[length:] + sys.path[index:length]
     from %(module)s import %(function)s
 
     sys.exit(%(function)s())
 """
+# what FAST_MAIN assumes of shiv's environment.json (else the build stops: it would skip a step shiv takes)
+UNSUPPORTED = ("no_modify", "preamble", "extend_pythonpath", "prepend_pythonpath", "always_write_cache")
+
+
+def fast_main(pyz: Path) -> str:
+    """FAST_MAIN for this build, with shiv's build id and root in it."""
+    with zipfile.ZipFile(pyz) as zf:
+        env = json.loads(zf.read("environment.json"))
+    used = [key for key in UNSUPPORTED if env.get(key)]
+    if env.get("entry_point") != ENTRY_POINT or used:
+        raise SystemExit(f"build.py: shiv's environment.json has entry_point {env.get('entry_point')!r} and "
+                         f"{used or 'no unsupported keys'}; FAST_MAIN supports {ENTRY_POINT!r} and none of "
+                         f"{', '.join(UNSUPPORTED)}")
+    module, function = ENTRY_POINT.split(":")
+    return FAST_MAIN % {"build_id": env["build_id"], "root": env.get("root"), "module": module,
+                        "function": function}
 
 
 def ensure_build_tools() -> None:
@@ -126,8 +135,7 @@ def build(output: Path) -> Path:
                         "--entry-point", ENTRY_POINT, "--python", "/usr/bin/env python3",
                         "--output-file", str(partial), "--reproducible", "--compressed", "--compile-pyc",
                         str(project), "--no-deps", "--no-build-isolation", "--quiet"], check=True)
-        module, function = ENTRY_POINT.split(":")
-        replace_main(partial, FAST_MAIN % {"entry_point": ENTRY_POINT, "module": module, "function": function})
+        replace_main(partial, fast_main(partial))
         partial.replace(output)  # never leave a half-built car.pyz behind
     return output
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
 
 from car import __version__
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # no typing import: --version starts faster
     args = sys.argv[1:] if argv is None else argv
     if args == ["--version"]:
         print(f"car {__version__}")

@@ -5,6 +5,9 @@ Run from the project root: python3 bench/bench_codex.py [--runs 20] [--script to
 Both sides talk to one scripted model server (tests/model_server.py), with one CODEX_HOME, in the
 same repo, interleaved so machine noise hits both alike. Prints figures; asserts nothing.
 Target: car adds under 50 ms per run (`car once` includes python startup, config, log, state).
+`car once` runs the built car.pyz (what users run), under this machine's python and under a clean
+venv's; "python + car's stdlib" is a clean interpreter importing only the stdlib modules car needs,
+the floor of any Python program built like car.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from codex_support import CODEX_ARGS, codex_candidates, codex_env  # noqa: E402
 from model_server import ModelServer, write_codex_home  # noqa: E402
-from support import car_cmd, car_env, make_repo, update_config  # noqa: E402
+from support import build_pyz, car_env, clean_python, make_repo, update_config  # noqa: E402
 
 SCRIPTS = {  # one run as the model plays it
     "tool": [{"shell": "true"}, {"message": "done"}],
     "message": [{"message": "done"}],
 }
 RUN_TIMEOUT_SECONDS = 60
+STDLIB = "import argparse, dataclasses, json, logging.handlers, pathlib, queue, shutil, subprocess, threading, typing"
 
 
 def find_codex() -> Path:
@@ -66,7 +70,7 @@ def bench(runs: int, warmup: int, script_name: str, real_home: bool) -> None:
     version = subprocess.run([str(codex), "--version"], capture_output=True, text=True,
                              timeout=30).stdout.strip()
     turns = SCRIPTS[script_name]
-    total_runs = (runs + warmup) * 3  # three sides run the agent
+    total_runs = (runs + warmup) * 4  # four sides run the agent
     with tempfile.TemporaryDirectory(prefix="car-bench-codex-") as tmp, \
             ModelServer(turns * total_runs, max_requests=len(turns) * total_runs + 10,
                         max_lifetime_seconds=RUN_TIMEOUT_SECONDS * total_runs) as srv:
@@ -81,12 +85,21 @@ def bench(runs: int, warmup: int, script_name: str, real_home: bool) -> None:
         prompt = Path(tmp) / "prompt.txt"  # the size of a rendered car prompt with small docs
         prompt.write_text((repo / ".codex-autorunner/prompt.txt").read_text())
         in_process = in_process_runner(repo, agent_env)
+        pyz = str(build_pyz(Path(tmp) / "car.pyz"))
+        clean = str(clean_python(Path(tmp) / "venv"))
+        env["SHIV_ROOT"] = str(Path(tmp) / "shiv")
+        env.pop("PYTHONPATH", None)
+
+        def side(*argv: str) -> Callable[[], None]:
+            return lambda: run_checked(list(argv), repo, env, Path(os.devnull))
 
         sides = {
             "codex exec alone": lambda: run_checked([str(codex), *CODEX_ARGS], repo, env, prompt),
-            "car once": lambda: run_checked(car_cmd("once"), repo, env, Path(os.devnull)),
+            "car once": side(sys.executable, pyz, "once"),
+            "car once (clean venv)": side(clean, pyz, "once"),
             "Engine once (in-proc)": in_process,
-            "car status (no agent)": lambda: run_checked(car_cmd("status"), repo, env, Path(os.devnull)),
+            "clean python -c pass": side(clean, "-c", "pass"),
+            "python + car's stdlib": side(clean, "-c", STDLIB),
         }
         times: Dict[str, List[float]] = {name: [] for name in sides}
         for i in range(warmup + runs):
@@ -101,9 +114,12 @@ def bench(runs: int, warmup: int, script_name: str, real_home: bool) -> None:
     for name, seconds in times.items():
         print(summary(name, seconds))
     alone = times["codex exec alone"]
-    print("car once = car's fixed start (python, imports, config; see `car status`) + the engine's "
-          "work per run (see Engine once)")
-    for name in ("car once", "Engine once (in-proc)"):
+    print("car once = python's start + the stdlib modules car imports + car's own start + the engine's work "
+          "per run (Engine once)")
+    floor = (statistics.median(times["python + car's stdlib"]) - statistics.median(times["clean python -c pass"]))
+    print(f"python start (clean venv) {statistics.median(times['clean python -c pass']) * 1000:.1f} ms, "
+          f"+ importing car's stdlib modules {floor * 1000:.1f} ms: the floor of a fresh Python process")
+    for name in ("car once", "car once (clean venv)", "Engine once (in-proc)"):
         d_med = (statistics.median(times[name]) - statistics.median(alone)) * 1000
         d_mean = (statistics.mean(times[name]) - statistics.mean(alone)) * 1000
         print(f"added by {name:<22} median {d_med:+7.1f} ms  mean {d_mean:+7.1f} ms per run "

@@ -19,6 +19,21 @@ FAKE_AGENT = TESTS / "fake_agent.py"
 FAST_RUNNER = {"sleep_seconds": 0, "kill_grace_seconds": 2, "no_progress_runs": 3}
 
 
+def build_pyz(out: Path) -> Path:
+    """car.pyz built from this tree by build.py (dist/ is left alone)."""
+    subprocess.run([sys.executable, str(PROJECT / "build.py"), "--output", str(out)], check=True,
+                   timeout=300, capture_output=True)
+    return out
+
+
+def clean_python(where: Path) -> Path:
+    """A venv's python with nothing in its site-packages: a user's fresh interpreter. (This machine's
+    own python runs a .pth at every start that imports certifi, ~25 ms, and with it pathlib and re.)"""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120,
+                   capture_output=True)
+    return where / "bin" / "python"
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10, what: str = "condition",
                interval: float = 0.02) -> Any:
     """Poll `predicate` until truthy; fail naming `what` after `timeout` seconds."""

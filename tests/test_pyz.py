@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import FAKE_AGENT, PROJECT, make_git_repo, update_config
+from support import FAKE_AGENT, build_pyz, make_git_repo, update_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +31,7 @@ def interpreters() -> dict:
 
 @pytest.fixture(scope="session")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "car.pyz"
-    subprocess.run([sys.executable, str(PROJECT / "build.py"), "--output", str(out)], check=True,
-                   timeout=300, capture_output=True)
-    return out
+    return build_pyz(tmp_path_factory.mktemp("dist") / "car.pyz")
 
 
 def test_the_pyz_holds_the_page_and_no_compiled_code(pyz: Path) -> None:

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-import yaml
-
 from car import git
 from car.config import HubConfig, RepoConfig, default_data, default_text, load_config, parse_config
 from car.docs import DocKind
@@ -73,6 +71,8 @@ def _write_config(layout: RepoLayout, force: bool, report: InitReport) -> None:
         report.note(path, "created")
         return
     text = path.read_text(encoding="utf-8")
+    import yaml  # here, as in car.config: hub commands import this module, and most never parse YAML
+
     try:
         user = yaml.safe_load(text) or {}
     except yaml.YAMLError:

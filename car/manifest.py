@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-import yaml
-
 from car.errors import ManifestError
 from car.files import dump_yaml, write_atomic
 
@@ -22,7 +20,6 @@ _ENTRY_KEY_SET = frozenset(ENTRY_KEYS)
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # safe as one URL path segment and one file name
 _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
 _PLAIN_NAME = re.compile(r"^[^/\\]+$")
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where present: ~10x faster
 NEVER_REWRITTEN = "fix the file by hand (car never rewrites a manifest it cannot read)"
 
 
@@ -108,8 +105,12 @@ def read_manifest(path: Path, hub_root: Path, cached: Optional[Dict[str, Any]] =
 
 
 def parse_yaml(raw: bytes, path: Path) -> Any:
+    # PyYAML loads only here: a manifest whose bytes match hub_state.json's copy is never parsed,
+    # and car.pyz's pure-Python PyYAML costs ~16 ms to import
+    import yaml
+
     try:
-        return yaml.load(raw, Loader=_LOADER)
+        return yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: ~10x faster
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -202,7 +202,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from car.agent import resolve_binary
     from car.bootstrap import describe_git
-    from car.docs import DocKind, parse_todos, read_text
+    from car.docs import DocKind, parse_todos
+    from car.files import read_text
     from car.lock import inspect_lock
 
     config = repo_config(args)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from car.errors import Conflict
-from car.files import write_atomic
+from car.files import read_text, write_atomic
 
 
 class DocKind(str, Enum):
@@ -75,15 +75,8 @@ def etag_of(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
 
 
-def read_text(path: Path) -> str:
-    """A doc's content; a missing doc reads as empty (writing it creates it)."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ""
-
-
 def read_doc(path: Path) -> Doc:
+    """A missing doc reads as empty; writing it creates it."""
     content = read_text(path)
     return Doc(content, etag_of(content))
 

@@ -14,8 +14,8 @@ from car import git
 from car.agent import AgentProcess, Event, resolve_binary
 from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
-from car.docs import DocKind, TodoCounts, parse_todos, read_text
-from car.files import append_jsonl, write_atomic
+from car.docs import DocKind, TodoCounts, parse_todos
+from car.files import append_jsonl, read_text, write_atomic
 from car.layout import RepoLayout
 from car.lock import acquire_lock, release_lock, update_lock
 from car.logs import RunLog, last_run_output, open_run_log, tail
@@ -208,10 +208,7 @@ class Engine:
         return git.fingerprint(self.config.root) if self._count_progress else None
 
     def _template(self) -> str:
-        try:
-            return self.config.template_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return DEFAULT_TEMPLATE
+        return read_text(self.config.template_path, missing=DEFAULT_TEMPLATE)
 
     def _previous_output(self, run_id: Optional[int]) -> str:
         if not run_id:

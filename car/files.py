@@ -38,6 +38,14 @@ def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True) -
         raise
 
 
+def read_text(path: Path, missing: str = "") -> str:
+    """The file's text; `missing` when there is no such file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return missing
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file; a broken one is a CarError naming it (the file is left alone)."""
     try:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from car.config import RepoConfig
-from car.docs import DocKind, parse_todos, read_text
+from car.docs import DocKind, parse_todos
+from car.files import read_text
 from car.layout import RepoLayout
 from car.lock import inspect_lock
 from car.state import load_state

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from car.config import load_config
+from car.docs import DocKind
 from car.engine import Engine
 from car.errors import AgentError, LockError
 from car.layout import RepoLayout
 from car.lock import acquire_lock, clear_stale_lock, inspect_lock
 from car.logs import list_runs, log_files, read_run, run_output
+from car.prompt import DEFAULT_TEMPLATE, render_prompt
 from car.recovery import reconcile
 from car.state import load_state
 from car.status import LockStatus, StopReason
@@ -237,6 +239,17 @@ def test_a_prompt_over_200kb_reaches_the_agent_whole(repo: Path, monkeypatch: py
     assert len(seen.encode()) > 200_000
     assert spec in seen
     assert seen == RepoLayout(repo).rendered_prompt.read_text()
+
+
+def test_a_deleted_prompt_template_falls_back_to_the_default(repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    (repo / ".codex-autorunner" / "prompt.txt").unlink()
+    out = tmp_path / "prompt-seen"
+    monkeypatch.setenv("FAKE_AGENT_PROMPT_OUT", str(out))
+    eng = engine(repo)
+    docs = {k.value: eng.config.doc_path(k.value).read_text() for k in DocKind}  # as the run starts
+    assert eng.run_loop(once=True) is StopReason.STOP_AFTER_RUNS
+    assert out.read_text() == render_prompt(DEFAULT_TEMPLATE, docs, "", eng.config.prompt.prev_run_max_chars)
 
 
 def test_previous_output_feeds_the_next_prompt(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from car.web.router import json_response, route
 from car.web.server import make_server, serve_repo, start_in_thread
 
 from support import car_cmd, car_env, wait_until
-from web_fixtures import Client, SseReader, capture_logger, repo_server, serve_cmd
+from web_fixtures import Client, SseReader, capture_logger, repo_server, serve_cmd, serve_process
 
 STATE_KEYS = {"status", "lock_status", "outstanding_todos", "done_todos", "running", "last_run_id",
               "last_exit_code", "last_run_started_at", "last_run_finished_at", "stop_reason"}
@@ -347,7 +347,7 @@ def test_an_unexpected_exception_is_500_json_with_the_traceback_in_the_log(tmp_p
     log, lines = capture_logger("car.test.web.500")
     with start_in_thread([route("GET", "/api/x", broken), route("GET", "/api/ok", lambda r: json_response({}))],
                          log=log) as running:
-        client = Client(running)
+        client = Client(running.port)
         reply = client.get("/api/x")
         assert reply.status == 500 and reply.error_code == "internal_error"
         assert "boom" not in reply.text
@@ -369,7 +369,7 @@ def test_token_auth_when_remote_is_allowed(repo: Path):
         token = served.running.token
         assert token and token_path.read_text().strip() == token
         assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
-        anonymous = Client(served.running)
+        anonymous = Client(served.port)
         reply = anonymous.get("/api/state")
         assert reply.status == 401 and reply.error_code == "unauthorized"
         assert reply.headers["www-authenticate"].startswith("Bearer")
@@ -397,7 +397,7 @@ def test_serve_repo_logs_access_to_its_own_file_and_closes_streams_on_stop(repo:
     thread.start()
     try:
         wait_until(lambda: ready, 10, "the server to listen")
-        client = Client(ready[0])
+        client = Client(ready[0].port)
         assert client.post("/api/run/stop").status == 409
         sse = SseReader(ready[0].port, "/api/logs/stream")
         assert sse.status == 200
@@ -422,23 +422,12 @@ def test_car_serve_refuses_a_remote_host_without_allow_remote(repo: Path):
 
 def test_car_serve_in_a_subprocess_answers_and_stops_on_sigterm(repo: Path):
     import signal
-    proc = subprocess.Popen(serve_cmd("--port", "0"), cwd=repo, env=car_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        if not line:
-            pytest.fail("car serve printed nothing: " + proc.stderr.read()[-2000:])
-        assert line.startswith("car: serving http://127.0.0.1:"), line
-        port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
-        client = Client(type("R", (), {"port": port})())
-        assert client.get("/api/state").status == 200
-        assert client.post("/api/run/stop").status == 409
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    with serve_process(repo) as served:
+        assert served.lines[0].startswith("car: serving http://127.0.0.1:"), served.lines
+        assert served.client.get("/api/state").status == 200
+        assert served.client.post("/api/run/stop").status == 409
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(20) == 0
     assert '"POST /api/run/stop HTTP/1.1" 409' in RepoLayout(repo).web_log.read_text()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import pytest
 from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, release_lock
 
-from support import car_env, make_repo, wait_until
-from web_fixtures import Client, SseReader, hub_server, make_sample_hub, serve_cmd
+from support import make_repo, wait_until
+from web_fixtures import Client, SseReader, hub_server, make_sample_hub, serve_process
 
 ENTRY_KEYS = {"id", "path", "display_name", "enabled", "auto_run", "status", "lock_status", "error",
               "last_run_id", "last_run_started_at", "last_run_finished_at", "last_exit_code",
@@ -217,7 +216,7 @@ def test_token_when_remote_is_allowed_lives_in_the_hub_dir(hub_root: Path):
         token_path = HubLayout(hub_root).token
         assert token_path.read_text().strip() == served.running.token
         assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
-        anonymous = Client(served.running)
+        anonymous = Client(served.port)
         assert anonymous.get("/hub/repos").status == 401
         assert anonymous.post("/hub/repos/alpha/run").status == 401
         assert served.client.get("/hub/repos").status == 200
@@ -236,26 +235,11 @@ def test_access_lines_go_to_the_hub_log(hub_root: Path):
 
 def test_car_serve_at_a_hub_root_is_hub_serve(hub_root: Path):
     import signal
-    proc = subprocess.Popen(serve_cmd("--port", "0"), cwd=hub_root, env=car_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = []
-        while True:
-            line = proc.stdout.readline()
-            if not line:
-                pytest.fail("no URL printed: " + "".join(lines) + proc.stderr.read()[-3000:])
-            lines.append(line)
-            if "serving http://" in line:
-                break
-        port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
-        client = Client(type("R", (), {"port": port})())
-        assert [r["id"] for r in client.get("/hub/repos").json["repos"]] == ["alpha", "beta", "gamma", "delta"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    with serve_process(hub_root) as served:
+        repos = served.client.get("/hub/repos").json["repos"]
+        assert [r["id"] for r in repos] == ["alpha", "beta", "gamma", "delta"]
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(30) == 0
 
 
 def test_hub_usage_sums_over_the_repos(served, hub_root: Path):

@@ -6,12 +6,15 @@ import http.client
 import json
 import logging
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
 
 from car.config import load_config
 from car.runner import RepoRunner
@@ -40,8 +43,8 @@ class Reply:
 class Client:
     """http.client against one server, so tests control every header (Host, Origin, ...)."""
 
-    def __init__(self, running: Running, token: Optional[str] = None) -> None:
-        self.port, self.token = running.port, token
+    def __init__(self, port: int, token: Optional[str] = None) -> None:
+        self.port, self.token = port, token
 
     def call(self, method: str, path: str, body: Any = None, headers: Optional[Dict[str, str]] = None,
              raw: Optional[bytes] = None, timeout: float = 20) -> Reply:
@@ -184,7 +187,7 @@ def repo_server(root: Path, **options: Any) -> Iterator[Served]:
     options.setdefault("log", log)
     running = start_in_thread(repo_routes("/api", lambda: runner), **options)
     try:
-        yield Served(running, runner, Client(running, running.token), options["log"])
+        yield Served(running, runner, Client(running.port, running.token), options["log"])
     finally:
         running.close()
         runner.close()
@@ -236,7 +239,7 @@ def hub_server(root: Path, poll_seconds: float = 0.5, **options: Any) -> Iterato
             options.setdefault("token_path", HubLayout(root).token)
         running = start_in_thread(hub_routes(hub), log=hub.log, **options)
         try:
-            yield HubServed(hub, running, Client(running, running.token))
+            yield HubServed(hub, running, Client(running.port, running.token))
         finally:
             running.close()
     finally:
@@ -248,6 +251,35 @@ def serve_cmd(*args: str) -> List[str]:
     from support import car_cmd
 
     return car_cmd("serve", *args)
+
+
+@dataclass
+class ServeProcess:
+    proc: subprocess.Popen
+    client: Client
+    lines: List[str]  # what it printed up to and including its URL
+
+
+@contextmanager
+def serve_process(cwd: Path) -> Iterator[ServeProcess]:
+    """`car serve --port 0` in `cwd` as a subprocess, once it printed its URL; killed if still alive."""
+    from support import car_env
+
+    proc = subprocess.Popen(serve_cmd("--port", "0"), cwd=cwd, env=car_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines: List[str] = []
+        while not lines or "serving http://" not in lines[-1]:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail("car serve printed no URL: " + "".join(lines) + proc.stderr.read()[-3000:])
+            lines.append(line)
+        port = int(lines[-1].rsplit(":", 1)[1].strip().rstrip("/"))
+        yield ServeProcess(proc, Client(port), lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def make_sample_hub(root: Path, alpha_items: tuple = ("one", "two")) -> Path:

@@ -16,7 +16,7 @@ from car.discovery import find_repos, new_repos
 from car.errors import CarError, ConfigError, Conflict, LockError
 from car.feed import Feed
 from car.hub_listing import RepoListing, RepoSlot
-from car.hub_state import HubSnapshot, HubStateFile, RepoEntry, init_errors, load_hub_state
+from car.hub_state import HubSnapshot, HubStateFile, RepoEntry
 from car.hub_worker import HubWorker
 from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, clear_stale_lock, inspect_lock, release_lock
@@ -62,14 +62,14 @@ class HubSupervisor:
         self._listing = RepoListing(config.root, self._runner_facts)
         self._worker = HubWorker(self._publish, lambda: list(self._listing.slots), self._flush, self.log,
                                  poll_seconds=poll_seconds, flush_seconds=flush_seconds)
-        self._state = HubStateFile(self.layout.hub_state)
+        self._state = HubStateFile(self.layout)
         self._last_scan_at: Optional[str] = None
         self.last_scan: Optional[HubSnapshot] = None  # what the last scan() returned (`hub scan` prints it)
         self._closed = self._locked = self._loaded = False
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self, auto_run: bool = True) -> None:
-        """Take the hub lock, open the hub log, load hub_state.json, scan, start auto_run repos."""
+        """Take the hub lock, open the hub log, load hub_cache.bin, scan, start auto_run repos."""
         self._take_lock()
         try:
             hub_log = self.config.hub.log
@@ -130,14 +130,13 @@ class HubSupervisor:
         self._locked = True
 
     def _load(self) -> None:
-        """hub_state.json (caches, init errors, last scan) and the manifest, without discovery."""
-        disk = load_hub_state(self.layout.hub_state)
-        self._last_scan_at = disk.get("last_scan_at")
-        manifest = read_manifest(self.config.manifest_path, self.config.root, disk.get("manifest"))
-        seeds = disk.get("files")
+        """hub_cache.bin (or hub_state.json: init errors, last scan) and the manifest, without discovery."""
+        cache = self._state.load()
+        self._last_scan_at = cache.last_scan_at
+        manifest = read_manifest(self.config.manifest_path, self.config.root, cache.manifest)
         with self._guard:
-            self._listing.set_manifest(manifest, seeds if isinstance(seeds, dict) else None, init_errors(disk))
-            self._state.remember(disk, self._listing.rereads())  # the probes export what they were seeded with
+            self._listing.set_manifest(manifest, cache.seeds, cache.init_errors())
+            self._state.remember(self._listing.rereads())  # the probes export what they were seeded with
         self._loaded = True
 
     # discovery ---------------------------------------------------------------------------
@@ -240,7 +239,7 @@ class HubSupervisor:
             return self._listing.slot(repo_id).root
 
     def inspect(self) -> HubSnapshot:
-        """`hub status` without the hub lock: hub_state.json's caches + each repo's files."""
+        """`hub status` without the hub lock: hub_cache.bin + each repo's files."""
         self._load()
         check_links(self._listing.manifest, self.config.manifest_path, self.config.root)
         info = inspect_lock(self.layout.lock)
@@ -330,9 +329,7 @@ class HubSupervisor:
         return bool(changed)
 
     def _flush(self) -> None:
-        """Write hub_state.json atomically if its content (the scan time aside) changed."""
+        """Write hub_state.json and hub_cache.bin (atomically) where their content changed."""
         with self._guard:  # the entries as last read: the worker re-reads what changes
             snapshot = HubSnapshot(tuple(self._listing.latest()), self._last_scan_at)
-            rereads = self._listing.rereads()
-            content = self._state.render(snapshot, self._listing.manifest, rereads, self._listing.seeds)
-        self._state.save(content, rereads)
+            self._state.save(snapshot, self._listing.manifest, self._listing.rereads(), self._listing.seeds)

@@ -1,4 +1,4 @@
-"""The hub's records: RepoEntry, HubSnapshot, and hub_state.json (last scan + caches)."""
+"""The hub's records: RepoEntry, HubSnapshot, and the files they persist in (hub_state.json, hub_cache.bin)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from car.files import write_atomic
-from car.manifest import Manifest, ManifestEntry
+from car.hub_cache import HubCache, encode, read_hub_cache, stamp, write_hub_cache
+from car.layout import HubLayout
+from car.manifest import Manifest, ManifestCache, ManifestEntry
 from car.probe import NOT_INITIALIZED, RepoFiles
 from car.status import LockStatus, RepoFacts, RepoStatus, RunStatus, derive_status
 
 STATE_VERSION = 1
+_STATE_KEYS = {"version", "last_scan_at", "repos"}
 _IN_RUN = (RepoStatus.RUNNING, RepoStatus.LOCKED)  # a run may be under way (this hub's or another's)
-_RUNNING, _INIT_ERROR = RunStatus.RUNNING.value, RepoStatus.INIT_ERROR.value
+_RUNNING = RunStatus.RUNNING.value
 
 
 class RepoEntry(NamedTuple):
@@ -91,7 +94,7 @@ def _judge(exists: bool, initialized: bool, initializing: bool, init_error: Opti
 
 
 def load_hub_state(path: Path) -> Dict[str, Any]:
-    """hub_state.json as a dict; missing, broken or of another version reads as empty (it is a cache)."""
+    """hub_state.json as a dict; missing, broken or of another version reads as empty."""
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -101,73 +104,78 @@ def load_hub_state(path: Path) -> Dict[str, Any]:
     return data
 
 
-def render_hub_state(snapshot: HubSnapshot, manifest: Optional[Dict[str, Any]],
-                     files: Dict[str, Any]) -> Dict[str, Any]:
-    """The file's content: the last listing, and the read caches that let the next process skip
-    re-reading (and re-parsing) what has not changed."""
+def render_hub_state(snapshot: HubSnapshot) -> str:
+    """The file's content: the last listing (DESIGN.md §1), for people and tools."""
     repos = [{"id": r.id, "path": r.path, "display_name": r.display_name, "status": r.status.value,
               "error": r.error} for r in snapshot.repos]
-    return {"version": STATE_VERSION, "last_scan_at": snapshot.last_scan_at, "repos": repos,
-            "manifest": manifest, "files": files}
+    data = {"version": STATE_VERSION, "last_scan_at": snapshot.last_scan_at, "repos": repos}
+    return json.dumps(data, indent=1) + "\n"
 
 
-def encode_hub_state(data: Dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":")) + "\n"  # compact: it is read at every start
+def cache_from_hub_state(path: Path) -> HubCache:
+    """What a start without hub_cache.bin knows: hub_state.json's listing (init errors, last scan)."""
+    before = stamp(path)
+    data = load_hub_state(path)
+    listing = [(r["id"], r.get("path"), r.get("display_name"), r.get("status"), _text(r.get("error")))
+               for r in data.get("repos") or [] if isinstance(r, dict) and isinstance(r.get("id"), str)]
+    if data.keys() - _STATE_KEYS:  # an older car's file, with caches in it: rewritten at the next flush
+        before = None
+    last_scan_at = data.get("last_scan_at")
+    return HubCache(last_scan_at if isinstance(last_scan_at, str) else None, listing, before)
 
 
-def same_content(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
-    """Equal but for the scan time: a rescan that found nothing new writes nothing."""
-    return {**a, "last_scan_at": None} == {**b, "last_scan_at": None}
-
-
-def init_errors(data: Dict[str, Any]) -> Dict[str, str]:
-    """Repo id -> the message of an init that failed at the last scan (shown until a retry)."""
-    return {r["id"]: r.get("error") or "init failed" for r in data.get("repos") or []
-            if isinstance(r, dict) and isinstance(r.get("id"), str)
-            and r.get("status") == _INIT_ERROR}
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
 
 
 class HubStateFile:
-    """hub_state.json: read at start, written only when its content (the scan time aside) changes."""
+    """hub_state.json (the last listing) and hub_cache.bin (a new process's head start): read at
+    start, each written atomically and only when its content (the scan time aside) changes."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: Dict[str, Any] = {}  # as last read or written
-        self._rereads: Any = None  # the listing's rereads() when `data` was read or written
-        self._manifest: Tuple[Optional[str], Optional[Dict[str, Any]]] = (None, None)
+    def __init__(self, layout: HubLayout) -> None:
+        self.state_path, self.cache_path = layout.hub_state, layout.hub_cache
+        self.cache = HubCache()  # as last read or written
+        self._rereads: Any = None  # the listing's rereads() when `cache.seeds` were read or made
+        self._manifest: Tuple[Optional[str], Optional[ManifestCache]] = (None, None)
 
-    def remember(self, data: Dict[str, Any], rereads: Any) -> None:
-        """`data` was just read from the file; the listing was seeded from it at `rereads`."""
-        self.data, self._rereads = data, rereads
+    def load(self) -> HubCache:
+        """The cache, or (none usable: a first start, another Python...) what hub_state.json says."""
+        self.cache = read_hub_cache(self.cache_path) or cache_from_hub_state(self.state_path)
+        return self.cache
 
-    def manifest_cache(self, manifest: Manifest) -> Optional[Dict[str, Any]]:
-        """{sha256, data}: the next start validates this instead of parsing the YAML again."""
-        if manifest.sha256 is None:
-            return None
-        on_disk = self.data.get("manifest")
-        if isinstance(on_disk, dict) and on_disk.get("sha256") == manifest.sha256:
-            return on_disk
-        if self._manifest[0] != manifest.sha256:
-            data: Optional[Dict[str, Any]] = {"sha256": manifest.sha256, "data": manifest.to_data()}
-            try:
-                json.dumps(data)
-            except (TypeError, ValueError):
-                data = None  # unknown keys holding values JSON cannot hold: parse the YAML each time
-            self._manifest = (manifest.sha256, data)
-        return self._manifest[1]
+    def remember(self, rereads: Any) -> None:
+        """The listing was seeded from the loaded cache at `rereads`."""
+        self._rereads = rereads
 
-    def render(self, snapshot: HubSnapshot, manifest: Manifest, rereads: Any,
-               seeds: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
-        """The content to store; the probes' seeds are re-exported only if they read anything."""
-        files = self.data.get("files")
-        if rereads != self._rereads or not isinstance(files, dict):
-            files = seeds()
-        return render_hub_state(snapshot, self.manifest_cache(manifest), files)
-
-    def save(self, content: Dict[str, Any], rereads: Any) -> bool:
-        """Write atomically if the content changed; True if written."""
-        written = not same_content(content, self.data)
+    def save(self, snapshot: HubSnapshot, manifest: Manifest, rereads: Any,
+             seeds: Callable[[], Dict[str, Any]]) -> bool:
+        """Write what changed; the probes' seeds are re-exported only if they read anything. True if
+        anything was written."""
+        old = self.cache
+        listing = [(r.id, r.path, r.display_name, r.status.value, r.error) for r in snapshot.repos]
+        state_stamp = old.state_stamp
+        written = listing != old.listing or state_stamp is None or stamp(self.state_path) != state_stamp
         if written:
-            write_atomic(self.path, encode_hub_state(content))
-        self.data, self._rereads = content, rereads
+            write_atomic(self.state_path, render_hub_state(snapshot))
+            state_stamp = stamp(self.state_path)
+        new = HubCache(snapshot.last_scan_at, listing, state_stamp, self._manifest_cache(manifest),
+                       old.seeds if rereads == self._rereads else seeds())
+        if written or not new.same_content(old):
+            write_hub_cache(self.cache_path, new)
+            written = True
+        self.cache, self._rereads = new, rereads
         return written
+
+    def _manifest_cache(self, manifest: Manifest) -> Optional[ManifestCache]:
+        """Manifest.to_cache, once per manifest; None if marshal cannot hold it (a YAML date in an
+        extra key): then each start parses the YAML."""
+        if self._manifest[0] != manifest.sha256:
+            cached = self.cache.manifest
+            if cached is None or cached[0] != manifest.sha256:
+                cached = manifest.to_cache()
+                try:
+                    encode(HubCache(manifest=cached))
+                except ValueError:
+                    cached = None
+            self._manifest = (manifest.sha256, cached)
+        return self._manifest[1]

@@ -73,3 +73,8 @@ class HubLayout(CarDir):
     @property
     def hub_state(self) -> Path:
         return self.dir / "hub_state.json"
+
+    @property
+    def hub_cache(self) -> Path:
+        """What a new hub process starts from (car.hub_cache); deleting it only slows one start."""
+        return self.dir / "hub_cache.bin"

@@ -9,7 +9,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from car.errors import ManifestError
 from car.files import dump_yaml, write_atomic
@@ -17,19 +17,28 @@ from car.files import dump_yaml, write_atomic
 MANIFEST_VERSION = 1
 ENTRY_KEYS = ("id", "path", "enabled", "auto_run")
 _ENTRY_KEY_SET = frozenset(ENTRY_KEYS)
-_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # safe as one URL path segment and one file name
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # fullmatch: safe as one URL path segment and one file name
 _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
 _PLAIN_NAME = re.compile(r"^[^/\\]+$")
+_DOTS = (".", "..")
+_IDS = re.compile(rf"{_ID.pattern}(?:\0{_ID.pattern})*")  # NUL-joined ids; _NAMES: NUL-joined plain names
+_NAMES = re.compile(r"[^/\\\0]+(?:\0[^/\\\0]+)*")
+_STR, _BOOL, _EXTRA = {str}, {bool}, {dict, type(None)}
+# one entry as the checks see it, and as hub_cache.bin keeps it: (id, path, enabled, auto_run, extra or None)
+Row = Tuple[Any, Any, Any, Any, Optional[Dict[str, Any]]]
+# the checked manifest read from the bytes of this sha256: (sha256, top-level extra keys, rows)
+ManifestCache = Tuple[str, Dict[str, Any], List[Row]]
 NEVER_REWRITTEN = "fix the file by hand (car never rewrites a manifest it cannot read)"
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
+class ManifestEntry(NamedTuple):
+    """One repo of the manifest (a NamedTuple: a hub start makes one per repo, from a cached row)."""
+
     id: str
     path: str  # relative to the hub root, POSIX separators, normalized
     enabled: bool = True
     auto_run: bool = False
-    extra: Dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, kept
+    extra: Optional[Dict[str, Any]] = None  # unknown keys, kept as they were
 
     @property
     def display_name(self) -> str:
@@ -37,7 +46,7 @@ class ManifestEntry:
 
     def to_data(self) -> Dict[str, Any]:
         return {"id": self.id, "path": self.path, "enabled": self.enabled, "auto_run": self.auto_run,
-                **self.extra}
+                **(self.extra or {})}
 
 
 @dataclass(frozen=True)
@@ -55,12 +64,18 @@ class Manifest:
     def to_text(self) -> str:
         return dump_yaml(self.to_data())
 
+    def to_cache(self) -> Optional[ManifestCache]:
+        """What hub_cache.bin keeps of it (None if it was not read from a file)."""
+        if self.sha256 is None:
+            return None
+        return self.sha256, self.extra, [tuple(e) for e in self.repos]
+
 
 def make_id(name: str, taken: Iterable[str]) -> str:
     """A URL-safe id from a directory name, made unique with -2, -3, ..."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
     base = _NOT_ID.sub("-", ascii_name).strip("-.") or "repo"
-    if not _ID.match(base):
+    if not _ID.fullmatch(base):
         base = f"repo-{base}"
     taken = set(taken)
     candidate, n = base, 2
@@ -84,10 +99,10 @@ def digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def read_manifest(path: Path, hub_root: Path, cached: Optional[Dict[str, Any]] = None,
+def read_manifest(path: Path, hub_root: Path, cached: Optional[ManifestCache] = None,
                   known: Optional[Manifest] = None) -> Manifest:
     """Load and check the manifest (missing = empty). Unchanged bytes skip work: `known` (read
-    before from the same bytes) is returned as is; `cached` {sha256, data} skips the YAML parse."""
+    before from the same bytes) is returned as is; `cached` (Manifest.to_cache) skips the YAML parse."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -97,15 +112,16 @@ def read_manifest(path: Path, hub_root: Path, cached: Optional[Dict[str, Any]] =
     sha = digest(raw)
     if known is not None and known.sha256 == sha:
         return known
-    if cached and cached.get("sha256") == sha and isinstance(cached.get("data"), dict):
-        data = cached["data"]
-    else:
-        data = parse_yaml(raw, path)
-    return manifest_from_data(data, path, hub_root, sha)
+    if cached is not None and cached[0] == sha:
+        try:
+            return manifest_from_rows(cached[2], cached[1], path, hub_root, sha)
+        except ManifestError:  # a cache that does not check out: the file itself decides
+            pass
+    return manifest_from_data(parse_yaml(raw, path), path, hub_root, sha)
 
 
 def parse_yaml(raw: bytes, path: Path) -> Any:
-    # PyYAML loads only here: a manifest whose bytes match hub_state.json's copy is never parsed,
+    # PyYAML loads only here: a manifest whose bytes match hub_cache.bin's copy is never parsed,
     # and car.pyz's pure-Python PyYAML costs ~16 ms to import
     import yaml
 
@@ -119,7 +135,7 @@ def parse_yaml(raw: bytes, path: Path) -> Any:
 
 
 def manifest_from_data(data: Any, path: Path, hub_root: Path, sha: Optional[str] = None) -> Manifest:
-    """Check every entry: types, unique ids and paths, paths inside the hub root (lexically)."""
+    """Check the parsed YAML: its shape, then every entry (manifest_from_rows)."""
     if data is None:
         return Manifest(sha256=sha)
     if not isinstance(data, dict):
@@ -130,29 +146,49 @@ def manifest_from_data(data: Any, path: Path, hub_root: Path, sha: Optional[str]
     items = data.get("repos") or []
     if not isinstance(items, list):
         raise ManifestError(f"{path}: repos: expected a list of entries; {NEVER_REWRITTEN}")
-    repos: List[ManifestEntry] = []
-    ids: Dict[str, int] = {}
-    paths: Dict[str, int] = {}
-    for i, item in enumerate(items):
-        entry = _entry(item, i, path, hub_root)
-        if entry.id in ids or entry.path in paths:
-            what, key, seen = ("id", entry.id, ids) if entry.id in ids else ("path", entry.path, paths)
-            raise ManifestError(f"{path}: repos[{i}]: {what} {key!r} is also used by repos[{seen[key]}]; "
-                                f"give each entry its own {what} ({NEVER_REWRITTEN})")
-        ids[entry.id] = paths[entry.path] = i
-        repos.append(entry)
+    rows = [_row(item, i, path) for i, item in enumerate(items)]
     extra = {k: v for k, v in data.items() if k not in ("version", "repos")}
-    return Manifest(tuple(repos), extra, sha)
+    return manifest_from_rows(rows, extra, path, hub_root, sha)
 
 
-def _entry(item: Any, i: int, path: Path, hub_root: Path) -> ManifestEntry:
+def _row(item: Any, i: int, path: Path) -> Row:
     if not isinstance(item, dict):
         raise ManifestError(f"{path}: repos[{i}]: expected a mapping with id and path; {NEVER_REWRITTEN}")
-    repo_id, rel = item.get("id"), item.get("path")
-    if not isinstance(repo_id, str) or not _ID.match(repo_id):
+    extra = None if item.keys() <= _ENTRY_KEY_SET else {k: v for k, v in item.items() if k not in ENTRY_KEYS}
+    return item.get("id"), item.get("path"), item.get("enabled", True), item.get("auto_run", False), extra
+
+
+def manifest_from_rows(rows: Sequence[Row], extra: Dict[str, Any], path: Path, hub_root: Path,
+                       sha: Optional[str] = None) -> Manifest:
+    """Check every entry: types, unique ids and paths, paths inside the hub root (lexically)."""
+    if not _all_plain(rows):  # one by one: normalizes paths, and names the first entry that is wrong
+        rows = [_checked(row, i, path, hub_root) for i, row in enumerate(rows)]
+        _no_duplicates(rows, path)
+    return Manifest(tuple(map(ManifestEntry._make, rows)), extra, sha)
+
+
+def _all_plain(rows: Sequence[Row]) -> bool:
+    """Every row right as it is, each path one plain name, no id or path twice: the usual manifest,
+    checked a column at a time rather than entry by entry (a hub start checks hundreds)."""
+    if not rows:
+        return True
+    ids, paths, enabled, auto_run, extras = zip(*rows)
+    if (set(map(type, ids)) != _STR or set(map(type, paths)) != _STR or set(map(type, enabled + auto_run)) != _BOOL
+            or not set(map(type, extras)) <= _EXTRA):
+        return False
+    unique, joined_ids, joined_paths = set(paths), "\0".join(ids), "\0".join(paths)
+    # no id or name can hold a NUL: the counts tell that each piece is one of them
+    return (len(set(ids)) == len(unique) == len(rows) and unique.isdisjoint(_DOTS)
+            and not any(map(str.isspace, paths)) and joined_ids.count("\0") == joined_paths.count("\0") == len(rows) - 1
+            and _IDS.fullmatch(joined_ids) is not None and _NAMES.fullmatch(joined_paths) is not None)
+
+
+def _checked(row: Row, i: int, path: Path, hub_root: Path) -> Row:
+    repo_id, rel, enabled, auto_run, extra = row
+    if not isinstance(repo_id, str) or not _ID.fullmatch(repo_id):
         raise ManifestError(f"{path}: repos[{i}]: id: expected a name of letters, digits, '.', '_' or '-', "
                             f"got {repo_id!r}; {NEVER_REWRITTEN}")
-    normal = inside_root(rel, hub_root) if isinstance(rel, str) and rel.strip() else ""
+    normal = inside_root(rel, hub_root) if isinstance(rel, str) and rel.strip() and "\0" not in rel else ""
     if not normal:
         if normal is None:
             raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path {rel!r} leaves the hub root "
@@ -160,18 +196,29 @@ def _entry(item: Any, i: int, path: Path, hub_root: Path) -> ManifestEntry:
                                 f"({NEVER_REWRITTEN})")
         raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path: expected a directory relative to the "
                             f"hub root, got {rel!r}; {NEVER_REWRITTEN}")
-    enabled, auto_run = item.get("enabled", True), item.get("auto_run", False)
     if type(enabled) is not bool or type(auto_run) is not bool:
         key, value = ("enabled", enabled) if type(enabled) is not bool else ("auto_run", auto_run)
         raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): {key}: expected true or false, got "
                             f"{value!r}; {NEVER_REWRITTEN}")
-    extra = {} if item.keys() <= _ENTRY_KEY_SET else {k: v for k, v in item.items() if k not in ENTRY_KEYS}
-    return ManifestEntry(repo_id, normal, enabled, auto_run, extra)
+    if extra is not None and type(extra) is not dict:  # only a cached row can have this wrong
+        raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): unexpected keys; {NEVER_REWRITTEN}")
+    return repo_id, normal, enabled, auto_run, extra
+
+
+def _no_duplicates(rows: Sequence[Row], path: Path) -> None:
+    ids: Dict[str, int] = {}
+    paths: Dict[str, int] = {}
+    for i, (repo_id, rel, *_) in enumerate(rows):
+        if repo_id in ids or rel in paths:
+            what, key, seen = ("id", repo_id, ids) if repo_id in ids else ("path", rel, paths)
+            raise ManifestError(f"{path}: repos[{i}]: {what} {key!r} is also used by repos[{seen[key]}]; "
+                                f"give each entry its own {what} ({NEVER_REWRITTEN})")
+        ids[repo_id] = paths[rel] = i
 
 
 def inside_root(rel: str, hub_root: Path) -> Optional[str]:
     """`rel` normalized relative to the hub root, or None if it names the root or leaves it."""
-    if _PLAIN_NAME.match(rel) and rel not in (".", ".."):
+    if _PLAIN_NAME.match(rel) and rel not in _DOTS:
         return rel  # one plain name: already normal, and inside
     root = str(hub_root)
     full = posixpath.normpath(posixpath.join(root, rel))  # absolute `rel` replaces root here

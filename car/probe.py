@@ -24,7 +24,7 @@ STATE_KEYS = ("status", "last_run_id", "last_exit_code", "last_run_started_at", 
 # the repo's files as strings relative to its root: os.path on str is much cheaper than pathlib here
 CONFIG_REL, STATE_REL, LOCK_REL = (f"{CAR_DIR}/{name}" for name in (CONFIG_NAME, STATE_NAME, LOCK_NAME))
 TODO_REL = DocsConfig().todo  # where an untouched default config puts it
-# A cached read is a list, in the very form hub_state.json stores it: [inode, size, mtime_ns, *value].
+# A cached read is a list, in the very form hub_cache.bin stores it: [inode, size, mtime_ns, *value].
 # The inode catches atomic writes (a new file), size and mtime_ns edits in place. A file that is not
 # there has inode None; a read not to be trusted has inode UNTRUSTED, which no stat matches.
 UNTRUSTED = -1
@@ -59,7 +59,7 @@ NOT_INITIALIZED = RepoFiles(initialized=False)
 class RepoProbe:
     """One repo's files, each re-read only when its stat changes; callers serialize access.
 
-    export() hands the trusted reads to hub_state.json and the next process starts with them
+    export() hands the trusted reads to hub_cache.bin and the next process starts with them
     (seed), warm: then an unchanged repo costs four stats and no read.
     """
 
@@ -73,7 +73,7 @@ class RepoProbe:
         self._parts: Any = None
         self._last: RepoFiles = NOT_INITIALIZED
         self.rereads = 0  # files actually read: a caller's hint that an export would differ
-        if type(seed) is list and len(seed) == 3:  # from hub_state.json: anything odd in it is ignored
+        if type(seed) is list and len(seed) == 3:  # from hub_cache.bin: anything odd in it is ignored
             config, state, todo = seed
             if _good_read(config, CONFIG_LEN) and (config[3] is None or type(config[3]) is str):
                 self._config = config
@@ -108,7 +108,7 @@ class RepoProbe:
         return self._last
 
     def export(self) -> Optional[List[Any]]:
-        """The trusted reads, for hub_state.json (None if there are none)."""
+        """The trusted reads, for hub_cache.bin (None if there are none)."""
         config = self._config
         if config is None or not _trusted(config):
             return None

@@ -120,11 +120,11 @@ def test_a_rescan_of_an_unchanged_tree_writes_nothing(tmp_path: Path):
     backdate(root)
     with started(config):  # may store, once, the reads that are now old enough to trust
         pass
-    watched = [config.manifest_path, HubLayout(root).hub_state] + [
+    watched = [config.manifest_path, HubLayout(root).hub_state, HubLayout(root).hub_cache] + [
         p for name in ("alpha", "beta", "gamma") for p in sorted((root / name / ".codex-autorunner").iterdir())]
     before = {p: stamp(p) for p in watched}
     listing = {p.name for p in (root / ".codex-autorunner").iterdir()}
-    with started(config) as hub:  # a fresh process's view: caches come from hub_state.json
+    with started(config) as hub:  # a fresh process's view: caches come from hub_cache.bin
         for _ in range(3):
             hub.scan()
             hub.snapshot()
@@ -139,7 +139,7 @@ def test_a_fresh_hub_sees_what_changed_behind_its_cached_reads(tmp_path: Path):
     with started(config):
         pass
     backdate(root)
-    with started(config):  # stores the reads, now old enough to trust, in hub_state.json
+    with started(config):  # stores the reads, now old enough to trust, in hub_cache.bin
         pass
     write_todo(root / "alpha", ["a"], done=["b", "c"])
     save_state(RepoLayout(root / "beta").state, RepoState(status="error", last_run_id=7))

@@ -10,7 +10,7 @@ import yaml
 
 from car.errors import ManifestError
 from car.hub import HubSupervisor
-from car.manifest import Manifest, ManifestEntry, add_repos, load_manifest, make_id, read_manifest, save_manifest
+from car.manifest import Manifest, add_repos, load_manifest, make_id, read_manifest, save_manifest
 
 from hub_fixtures import git_repos, make_hub, stamp
 
@@ -131,5 +131,46 @@ def test_a_bad_manifest_is_never_rewritten_by_a_scan(tmp_path: Path, text: str):
     assert not (root / "alpha" / ".codex-autorunner").exists()
 
 
-def test_manifest_entries_compare_by_their_fields():
-    assert ManifestEntry("a", "a", extra={"x": 1}) == ManifestEntry("a", "a")
+MANIFEST = ("version: 1\nowner: me\nrepos:\n- {id: alpha, path: alpha, note: keep me}\n"
+            "- {id: beta, path: sub/beta, enabled: false, auto_run: true}\n- {id: gamma, path: gamma}\n")
+PLAIN = "version: 1\nrepos:\n- {id: alpha, path: alpha}\n- {id: beta, path: beta}\n- {id: gamma, path: gamma}\n"
+
+
+def test_a_cached_manifest_reads_as_its_file_does(root: Path):
+    path = write(root, MANIFEST)
+    from_file = read_manifest(path, root)
+    cached = from_file.to_cache()
+    assert cached is not None and cached[0] == from_file.sha256
+    again = read_manifest(path, root, cached)
+    assert again == from_file and again.extra == {"owner": "me"} and again.repos[0].extra == {"note": "keep me"}
+    plain = write(root, PLAIN)
+    assert read_manifest(plain, root, read_manifest(plain, root).to_cache()) == read_manifest(plain, root)
+
+
+@pytest.mark.parametrize("row", [
+    ("alpha", "../outside", True, False, None), ("alpha", "/etc", True, False, None),
+    ("a/b", "alpha", True, False, None), ("alpha\n", "alpha", True, False, None),
+    ("al\0pha", "alpha", True, False, None), ("alpha", "al\0pha", True, False, None),
+    ("alpha", "gamma", True, False, None), ("gamma", "alpha", True, False, None),
+    ("alpha", "alpha", "yes", False, None), ("alpha", "alpha", True, False, ["not", "a", "dict"]),
+    ("alpha", " ", True, False, None), ("alpha", "..", True, False, None),
+])
+@pytest.mark.parametrize("text", [PLAIN, MANIFEST], ids=["plain names", "a nested path"])
+def test_a_cached_manifest_that_does_not_check_out_yields_to_the_file(root: Path, row: tuple, text: str):
+    """hub_cache.bin is car's own file, but a copy is only trusted as far as it passes the checks."""
+    path = write(root, text)
+    sha, extra, rows = read_manifest(path, root).to_cache()
+    forged = read_manifest(path, root, (sha, extra, [row, *rows[1:]]))
+    assert forged == read_manifest(path, root)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('version: 1\nrepos:\n- {id: "a\\n", path: a}\n', ["id"]),
+    ('version: 1\nrepos:\n- {id: a, path: "a\\0b"}\n', ["path", "expected a directory"]),
+    ("version: 1\nrepos:\n- {id: a, path: ' '}\n", ["path", "expected a directory"]),
+])
+def test_ids_and_paths_car_cannot_use_are_refused(root: Path, text: str, words: list):
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write(root, text), root)
+    for word in words:
+        assert word in str(info.value)

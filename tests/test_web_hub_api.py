@@ -134,6 +134,9 @@ def test_a_repo_locked_by_another_process_is_409(served, hub_root: Path):
         release_lock(lock)
 
 
+HUB_FLUSHED = ("codex-autorunner-hub.log", "hub_state", ".hub_state", "hub_cache", ".hub_cache")  # the hub's own
+
+
 @pytest.mark.parametrize("method, path", [
     ("POST", "/hub/repos/nope/run"), ("POST", "/hub/repos/nope/init"), ("GET", "/repos/nope/api/state"),
     ("GET", "/repos/..%2F..%2Fetc/api/state"), ("POST", "/hub/repos/../alpha/run"),
@@ -142,13 +145,11 @@ def test_a_repo_locked_by_another_process_is_409(served, hub_root: Path):
     ("POST", "/hub/repos/alpha/explode"), ("GET", "/hub/nothing"),
 ])
 def test_unknown_and_traversal_ids_are_404_and_touch_nothing(served, hub_root: Path, method, path):
-    before = sorted(p for p in hub_root.parent.rglob("*") if "codex-autorunner-hub.log" not in p.name
-                    and "hub_state" not in p.name)
+    before = sorted(p for p in hub_root.parent.rglob("*") if not p.name.startswith(HUB_FLUSHED))
     reply = served.client.call(method, path, body={"content": "pwned", "once": True})
     assert reply.status == 404 and reply.error_code == "not_found", (path, reply.text)
     assert not served.hub.runner("alpha").active
-    after = sorted(p for p in hub_root.parent.rglob("*") if "codex-autorunner-hub.log" not in p.name
-                   and "hub_state" not in p.name)
+    after = sorted(p for p in hub_root.parent.rglob("*") if not p.name.startswith(HUB_FLUSHED))
     assert after == before
 
 

@@ -90,7 +90,7 @@ def _run_in_foreground(config: RepoConfig, once: bool) -> int:
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, name="car-loop")
-    # engine.kill only sets flags and queues an interrupt: safe in a signal handler
+    # a signal ends the current run and the loop (on_stop_signals calls this from its own thread)
     with on_stop_signals(lambda: engine.kill(StopReason.KILLED)):
         thread.start()
         thread.join()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from car import cli_hub
 from car.cli import WRONG_MODE_HUB_CMD, WRONG_MODE_REPO_CMD, main
 from car.cli_hub import INSIDE_HUB, MADE_HUB, NO_HUB
 from car.layout import CAR_DIR, GITIGNORE_TEXT, HubLayout, RepoLayout
@@ -178,10 +179,20 @@ def test_serve_without_the_web_layer_runs_the_supervisor_until_a_signal(
     git_repos(root, "alpha")
     monkeypatch.chdir(root)
     monkeypatch.setitem(sys.modules, "car.web.server", None)  # `import` now raises ImportError
+    serving = threading.Event()
+    note = cli_hub._note
+
+    def noted(text: str) -> None:
+        note(text)
+        if "no web server" in text:
+            serving.set()
+
+    monkeypatch.setattr(cli_hub, "_note", noted)
 
     def send_sigterm_once_started() -> None:
-        wait_until(lambda: inspect_lock(HubLayout(root).lock).pid == os.getpid(), 20, "the hub lock")
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs on the main thread, inside main()
+        assert serving.wait(20), "hub serve never said it runs without the web layer"
+        assert inspect_lock(HubLayout(root).lock).pid == os.getpid()
+        os.kill(os.getpid(), signal.SIGTERM)  # caught by main()'s handler, on the main thread
 
     thread = threading.Thread(target=send_sigterm_once_started)
     thread.start()

@@ -180,11 +180,10 @@ def print_ready(running: Running) -> None:
 
 
 def wait_for_signal(stop: Optional[threading.Event] = None) -> None:
-    """Block until SIGINT/SIGTERM (or `stop`): the handlers only set the Event (STYLE §3.12)."""
+    """Block until SIGINT/SIGTERM (or `stop`)."""
     stop = stop or threading.Event()
     with on_stop_signals(stop.set):
-        while not stop.wait(0.5):
-            pass
+        stop.wait()
 
 
 def _serve(routes: List[Route], host: str, port: int, log: logging.Logger, token_path: Path,

@@ -78,7 +78,7 @@ def _supervisor(config: HubConfig, **kw: Any) -> HubSupervisor:
 
 def cmd_hub_scan(args: argparse.Namespace) -> int:
     hub = _supervisor(hub_config(args, create=True))
-    hub.start(auto_run=False)  # the hub lock: a live hub serving this root scans through its API
+    hub.start(auto_run=False, watch=False)  # the hub lock: a live hub serving this root scans through its API
     try:
         snapshot = hub.last_scan or hub.snapshot()
     finally:

@@ -68,8 +68,11 @@ class HubSupervisor:
         self._closed = self._locked = self._loaded = False
 
     # lifecycle ---------------------------------------------------------------------------
-    def start(self, auto_run: bool = True) -> None:
-        """Take the hub lock, open the hub log, load hub_cache.bin, scan, start auto_run repos."""
+    def start(self, auto_run: bool = True, watch: bool = True) -> None:
+        """Take the hub lock, open the hub log, load hub_cache.bin, scan, start auto_run repos.
+
+        watch=False is for a one-shot command (`hub scan`): no background thread publishes changes or
+        flushes hub_state.json; shutdown() flushes."""
         self._take_lock()
         try:
             hub_log = self.config.hub.log
@@ -77,7 +80,8 @@ class HubSupervisor:
                         stamped=True)
             self.log.info("hub starting in %s (pid %d)", self.config.root, os.getpid())
             self._load()
-            self._worker.start()
+            if watch:
+                self._worker.start()
             self.scan()
         except BaseException:
             self.shutdown()

@@ -19,6 +19,8 @@ RunnerFacts = Callable[[str], "tuple[bool, Optional[str]]"]
 class RepoSlot:
     """What the hub knows about one manifest entry beyond its files."""
 
+    __slots__ = ("cached", "entry", "files", "init_error", "initializing", "key", "probe", "published", "root_str")
+
     def __init__(self, entry: ManifestEntry, root: str, seed: Any = None,
                  init_error: Optional[str] = None) -> None:
         self.entry, self.root_str = entry, root

@@ -137,6 +137,7 @@ class HubStateFile:
         self.cache = HubCache()  # as last read or written
         self._rereads: Any = None  # the listing's rereads() when `cache.seeds` were read or made
         self._manifest: Tuple[Optional[str], Optional[ManifestCache]] = (None, None)
+        self._saved: Any = None  # what the last save() was given
 
     def load(self) -> HubCache:
         """The cache, or (none usable: a first start, another Python...) what hub_state.json says."""
@@ -152,6 +153,9 @@ class HubStateFile:
         """Write what changed; the probes' seeds are re-exported only if they read anything. True if
         anything was written."""
         old = self.cache
+        given = (snapshot, rereads, manifest.sha256)
+        if given == self._saved:  # as the last flush found it: the one at shutdown, right after the worker's
+            return False
         listing = [(r.id, r.path, r.display_name, r.status.value, r.error) for r in snapshot.repos]
         state_stamp = old.state_stamp
         written = listing != old.listing or state_stamp is None or stamp(self.state_path) != state_stamp
@@ -163,7 +167,7 @@ class HubStateFile:
         if written or not new.same_content(old):
             write_hub_cache(self.cache_path, new)
             written = True
-        self.cache, self._rereads = new, rereads
+        self.cache, self._rereads, self._saved = new, rereads, given
         return written
 
     def _manifest_cache(self, manifest: Manifest) -> Optional[ManifestCache]:

@@ -63,6 +63,9 @@ class RepoProbe:
     (seed), warm: then an unchanged repo costs four stats and no read.
     """
 
+    __slots__ = ("_config", "_config_path", "_last", "_lock_path", "_parts", "_prefix", "_state", "_state_path",
+                 "_todo", "rereads")
+
     def __init__(self, root: str, seed: Any = None) -> None:
         prefix = self._prefix = root + "/"
         self._config_path, self._state_path = prefix + CONFIG_REL, prefix + STATE_REL

@@ -336,4 +336,6 @@ class HubSupervisor:
         """Write hub_state.json and hub_cache.bin (atomically) where their content changed."""
         with self._guard:  # the entries as last read: the worker re-reads what changes
             snapshot = HubSnapshot(tuple(self._listing.latest()), self._last_scan_at)
-            self._state.save(snapshot, self._listing.manifest, self._listing.rereads(), self._listing.seeds)
+            manifest, rereads = self._listing.manifest, self._listing.rereads()
+            seeds = self._listing.seeds() if self._state.stale_seeds(rereads) else None
+        self._state.save(snapshot, manifest, rereads, seeds)  # outside the lock: the API never waits on a write

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from car.files import write_atomic
 from car.hub_cache import HubCache, encode, read_hub_cache, stamp, write_hub_cache
@@ -148,10 +148,14 @@ class HubStateFile:
         """The listing was seeded from the loaded cache at `rereads`."""
         self._rereads = rereads
 
+    def stale_seeds(self, rereads: Any) -> bool:
+        """The probes read something since their seeds were loaded or saved: save() needs new ones."""
+        return rereads != self._rereads
+
     def save(self, snapshot: HubSnapshot, manifest: Manifest, rereads: Any,
-             seeds: Callable[[], Dict[str, Any]]) -> bool:
-        """Write what changed; the probes' seeds are re-exported only if they read anything. True if
-        anything was written."""
+             seeds: Optional[Dict[str, Any]]) -> bool:
+        """Write what changed (seeds None: as last loaded or saved); True if anything was written.
+        Called by one thread at a time, without the hub's lock: it may wait on fsync."""
         old = self.cache
         given = (snapshot, rereads, manifest.sha256)
         if given == self._saved:  # as the last flush found it: the one at shutdown, right after the worker's
@@ -163,7 +167,7 @@ class HubStateFile:
             write_atomic(self.state_path, render_hub_state(snapshot))
             state_stamp = stamp(self.state_path)
         new = HubCache(snapshot.last_scan_at, listing, state_stamp, self._manifest_cache(manifest),
-                       old.seeds if rereads == self._rereads else seeds())
+                       old.seeds if seeds is None else seeds)
         if written or not new.same_content(old):
             write_hub_cache(self.cache_path, new)
             written = True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import time
 import typing
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 
 from car import __version__
 from car.errors import ConfigError
-from car.files import dump_yaml, write_atomic
+from car.files import dump_yaml, file_stamp, write_atomic
 from car.layout import CAR_DIR, CONFIG_CACHE_NAME, CONFIG_NAME
 
 VERSION = 2
@@ -169,7 +168,7 @@ def load_config(path: Path, *, clock_ns: Callable[[], int] = time.time_ns) -> An
 
     The parsed YAML is kept next to it (.config.json): a command that only reads the config then
     never loads PyYAML (pure Python, ~20 ms to import and parse). Validation runs every time."""
-    stamp = _stamp(path)  # before the read: an edit during it changes the stamp, so it is never cached
+    stamp = file_stamp(path)  # before the read: an edit during it changes the stamp, so it is never cached
     cached = _read_cache(path, stamp)
     if cached is not None:
         try:
@@ -205,15 +204,6 @@ def _parse_yaml(path: Path) -> Tuple[Any, Any]:
         if context and context_mark is not None:
             problem += f" ({context} started at line {context_mark.line + 1})"
         raise ConfigError(f"{where}: invalid YAML: {problem}; fix the file or run `car init --force`") from exc
-
-
-def _stamp(path: Path) -> Optional[List[int]]:
-    """[inode, size, mtime_ns, ctime_ns]: any write changes ctime, and nothing sets it back."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None  # the read that follows reports it
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _read_cache(path: Path, stamp: Optional[List[int]]) -> Optional[dict]:

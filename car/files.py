@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, List, Optional, Union
 
 from car.errors import CarError
 
@@ -44,6 +44,16 @@ def read_text(path: Path, missing: str = "") -> str:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return missing
+
+
+def file_stamp(path: Path) -> Optional[List[int]]:
+    """[inode, size, mtime_ns, ctime_ns], or None if it cannot be stat'ed: any write changes ctime,
+    and nothing sets it back, so an equal stamp means the file car last saw."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def read_json(path: Path) -> Any:

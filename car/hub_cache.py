@@ -8,7 +8,6 @@ JSON because every hub command reads it, and marshal decodes these rows ~2.5x fa
 from __future__ import annotations
 
 import marshal
-import os
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -24,14 +23,13 @@ _CRC = len(MAGIC) + 4  # a CRC-32 of the rest follows the magic: a damaged file 
 _INIT_ERROR = "init_error"
 # hub_state.json's repos, as rows: (id, path, display name, status, error)
 ListingRow = Tuple[str, str, str, str, Optional[str]]
-Stamp = Tuple[int, int, int]  # (inode, size, mtime_ns): a file as car last wrote it
 
 
 @dataclass(frozen=True)
 class HubCache:
     last_scan_at: Optional[str] = None
     listing: List[ListingRow] = field(default_factory=list)  # what hub_state.json lists
-    state_stamp: Optional[Stamp] = None  # hub_state.json when it was written with `listing`
+    state_stamp: Optional[List[int]] = None  # hub_state.json's file_stamp when it was written with `listing`
     manifest: Optional[ManifestCache] = None
     seeds: Dict[str, Any] = field(default_factory=dict)  # repo id -> [path, its probe's trusted reads]
 
@@ -44,14 +42,6 @@ class HubCache:
         return (self.listing == other.listing and self.state_stamp == other.state_stamp
                 and (self.manifest or (None,))[0] == (other.manifest or (None,))[0]
                 and (self.seeds is other.seeds or self.seeds == other.seeds))
-
-
-def stamp(path: Path) -> Optional[Stamp]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def encode(cache: HubCache) -> bytes:
@@ -80,7 +70,7 @@ def read_hub_cache(path: Path) -> Optional[HubCache]:
     if type(data) is not tuple or len(data) != 5:
         return None
     last_scan_at, listing, state_stamp, manifest, seeds = data
-    if not (_optional(last_scan_at, str) and _rows(listing) and _optional(state_stamp, tuple)
+    if not (_optional(last_scan_at, str) and _rows(listing) and _optional(state_stamp, list)
             and type(seeds) is dict and (manifest is None or _manifest(manifest))):
         return None
     return HubCache(last_scan_at, listing, state_stamp, manifest, seeds)

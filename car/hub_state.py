@@ -8,8 +8,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-from car.files import write_atomic
-from car.hub_cache import HubCache, encode, read_hub_cache, stamp, write_hub_cache
+from car.files import file_stamp, write_atomic
+from car.hub_cache import HubCache, encode, read_hub_cache, write_hub_cache
 from car.layout import HubLayout
 from car.manifest import Manifest, ManifestCache, ManifestEntry
 from car.probe import NOT_INITIALIZED, RepoFiles
@@ -114,7 +114,7 @@ def render_hub_state(snapshot: HubSnapshot) -> str:
 
 def cache_from_hub_state(path: Path) -> HubCache:
     """What a start without hub_cache.bin knows: hub_state.json's listing (init errors, last scan)."""
-    before = stamp(path)
+    before = file_stamp(path)
     data = load_hub_state(path)
     listing = [(r["id"], r.get("path"), r.get("display_name"), r.get("status"), _text(r.get("error")))
                for r in data.get("repos") or [] if isinstance(r, dict) and isinstance(r.get("id"), str)]
@@ -162,10 +162,10 @@ class HubStateFile:
             return False
         listing = [(r.id, r.path, r.display_name, r.status.value, r.error) for r in snapshot.repos]
         state_stamp = old.state_stamp
-        written = listing != old.listing or state_stamp is None or stamp(self.state_path) != state_stamp
+        written = listing != old.listing or state_stamp is None or file_stamp(self.state_path) != state_stamp
         if written:
             write_atomic(self.state_path, render_hub_state(snapshot))
-            state_stamp = stamp(self.state_path)
+            state_stamp = file_stamp(self.state_path)
         new = HubCache(snapshot.last_scan_at, listing, state_stamp, self._manifest_cache(manifest),
                        old.seeds if seeds is None else seeds)
         if written or not new.same_content(old):

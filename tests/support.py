@@ -47,6 +47,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10, what: str = "c
         time.sleep(interval)
 
 
+def backdate(root: Path, seconds: float = 3600) -> None:
+    """Age every file under root: a file changed within the last second is re-read, not trusted by its stat."""
+    when = time.time() - seconds
+    for path in root.rglob("*"):
+        os.utime(path, (when, when), follow_symlinks=False)
+
+
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True,
                           timeout=30).stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from car.state import RepoState, save_state
 from car.status import LockStatus
 
 from hub_fixtures import agent_repos, git_repos, hub_config, make_hub, stamp, started, wait_status
-from support import car_cmd, car_env, hang_agent, pid_alive, read_pids, wait_until, write_todo
+from support import backdate, car_cmd, car_env, hang_agent, pid_alive, read_pids, wait_until, write_todo
 
 
 def manifest_of(root: Path) -> list:
@@ -97,13 +96,6 @@ def test_an_init_error_stays_with_its_repo_and_can_be_retried(tmp_path: Path):
     saved = {r["id"]: r for r in json.loads(HubLayout(root).hub_state.read_text())["repos"]}
     assert saved["dirconf"]["status"] == "init_error" and saved["file"]["status"] == "idle"
     assert HubSupervisor(config).inspect().get("dirconf").status.value == "init_error"  # read back
-
-
-def backdate(root: Path, seconds: float = 3600) -> None:
-    """Age every file: a file changed within the last second is re-read rather than trusted by stat."""
-    when = time.time() - seconds
-    for path in root.rglob("*"):
-        os.utime(path, (when, when), follow_symlinks=False)
 
 
 def test_a_rescan_of_an_unchanged_tree_writes_nothing(tmp_path: Path):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -14,15 +14,9 @@ from car.hub_cache import MAGIC, read_hub_cache
 from car.layout import HubLayout
 
 from hub_fixtures import agent_repos, git_repos, make_hub, stamp, started
+from support import backdate
 
 STATE_KEYS = {"version", "last_scan_at", "repos"}
-
-
-def backdate(root: Path, seconds: float = 3600) -> None:
-    """Age every file: a read of a file changed within the last second is not cached."""
-    when = time.time() - seconds
-    for path in root.rglob("*"):
-        os.utime(path, (when, when), follow_symlinks=False)
 
 
 def warm_hub(root: Path):
@@ -118,7 +112,7 @@ def test_a_manifest_marshal_cannot_hold_is_parsed_each_start_and_nothing_is_rewr
     config.manifest_path.write_text(text)  # a YAML date: marshal has no type for it
     with started(config) as hub:
         assert statuses(hub) == EXPECTED
-        assert hub._listing.manifest.get("alpha").extra == {"added": __import__("datetime").date(2026, 11, 24)}
+        assert hub._listing.manifest.get("alpha").extra == {"added": datetime.date(2026, 11, 24)}
     assert read_hub_cache(HubLayout(root).hub_cache).manifest is None
     layout = HubLayout(root)
     before = [stamp(p) for p in (config.manifest_path, layout.hub_state, layout.hub_cache)]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
 from pathlib import Path
 
 from car.bootstrap import init_repo
@@ -13,13 +11,7 @@ from car.layout import RepoLayout
 from car.probe import NOT_INITIALIZED, RepoProbe
 from car.state import RepoState, save_state
 
-from support import make_git_repo, update_config, write_todo
-
-
-def backdate(root: Path, seconds: float = 3600) -> None:
-    when = time.time() - seconds
-    for path in root.rglob("*"):
-        os.utime(path, (when, when))
+from support import backdate, make_git_repo, update_config, write_todo
 
 
 def make(tmp_path: Path) -> Path:

@@ -137,7 +137,6 @@ class HubStateFile:
         self.cache = HubCache()  # as last read or written
         self._rereads: Any = None  # the listing's rereads() when `cache.seeds` were read or made
         self._manifest: Tuple[Optional[str], Optional[ManifestCache]] = (None, None)
-        self._saved: Any = None  # what the last save() was given
 
     def load(self) -> HubCache:
         """The cache, or (none usable: a first start, another Python...) what hub_state.json says."""
@@ -157,9 +156,6 @@ class HubStateFile:
         """Write what changed (seeds None: as last loaded or saved); True if anything was written.
         Called by one thread at a time, without the hub's lock: it may wait on fsync."""
         old = self.cache
-        given = (snapshot, rereads, manifest.sha256)
-        if given == self._saved:  # as the last flush found it: the one at shutdown, right after the worker's
-            return False
         listing = [(r.id, r.path, r.display_name, r.status.value, r.error) for r in snapshot.repos]
         state_stamp = old.state_stamp
         written = listing != old.listing or state_stamp is None or file_stamp(self.state_path) != state_stamp
@@ -171,7 +167,7 @@ class HubStateFile:
         if written or not new.same_content(old):
             write_hub_cache(self.cache_path, new)
             written = True
-        self.cache, self._rereads, self._saved = new, rereads, given
+        self.cache, self._rereads = new, rereads
         return written
 
     def _manifest_cache(self, manifest: Manifest) -> Optional[ManifestCache]:

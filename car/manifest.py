@@ -19,10 +19,11 @@ ENTRY_KEYS = ("id", "path", "enabled", "auto_run")
 _ENTRY_KEY_SET = frozenset(ENTRY_KEYS)
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # fullmatch: safe as one URL path segment and one file name
 _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
-_PLAIN_NAME = re.compile(r"^[^/\\]+$")
+_PLAIN_NAME = re.compile(r"[^/\\\0]+")  # fullmatch: one directory name, nothing to normalize
 _DOTS = (".", "..")
-_IDS = re.compile(rf"{_ID.pattern}(?:\0{_ID.pattern})*")  # NUL-joined ids; _NAMES: NUL-joined plain names
-_NAMES = re.compile(r"[^/\\\0]+(?:\0[^/\\\0]+)*")
+# the same two, NUL-joined: no id or name can hold a NUL, so each piece between two is one of them
+_IDS = re.compile(rf"{_ID.pattern}(?:\0{_ID.pattern})*")
+_NAMES = re.compile(rf"{_PLAIN_NAME.pattern}(?:\0{_PLAIN_NAME.pattern})*")
 _STR, _BOOL, _EXTRA = {str}, {bool}, {dict, type(None)}
 # one entry as the checks see it, and as hub_cache.bin keeps it: (id, path, enabled, auto_run, extra or None)
 Row = Tuple[Any, Any, Any, Any, Optional[Dict[str, Any]]]
@@ -218,7 +219,7 @@ def _no_duplicates(rows: Sequence[Row], path: Path) -> None:
 
 def inside_root(rel: str, hub_root: Path) -> Optional[str]:
     """`rel` normalized relative to the hub root, or None if it names the root or leaves it."""
-    if _PLAIN_NAME.match(rel) and rel not in _DOTS:
+    if _PLAIN_NAME.fullmatch(rel) and rel not in _DOTS:
         return rel  # one plain name: already normal, and inside
     root = str(hub_root)
     full = posixpath.normpath(posixpath.join(root, rel))  # absolute `rel` replaces root here

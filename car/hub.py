@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from car.bootstrap import init_repo
 from car.config import HubConfig, RepoConfig, load_config
@@ -21,7 +21,7 @@ from car.hub_worker import HubWorker
 from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, clear_stale_lock, inspect_lock, release_lock
 from car.logs import close_logger, make_logger
-from car.manifest import add_repos, check_links, read_manifest, save_manifest
+from car.manifest import Manifest, add_repos, check_links, read_manifest, save_manifest
 from car.recovery import reconcile
 from car.runner import RepoRunner
 from car.state import utc_now
@@ -60,7 +60,7 @@ class HubSupervisor:
         self._scan_lock = threading.Lock()
         self._runners: Dict[str, RepoRunner] = {}
         self._listing = RepoListing(config.root, self._runner_facts)
-        self._worker = HubWorker(self._publish, lambda: list(self._listing.slots), self._flush, self.log,
+        self._worker = HubWorker(self._publish, self._repo_ids, self._flush, self.log,
                                  poll_seconds=poll_seconds, flush_seconds=flush_seconds)
         self._state = HubStateFile(self.layout)
         self._last_scan_at: Optional[str] = None
@@ -86,12 +86,12 @@ class HubSupervisor:
         except BaseException:
             self.shutdown()
             raise
-        for slot in list(self._listing.slots.values()):
-            if auto_run and slot.entry.auto_run and slot.entry.enabled:
+        for entry in self._listing.manifest.repos if auto_run else ():
+            if entry.auto_run and entry.enabled:
                 try:
-                    self.run(slot.id)
+                    self.run(entry.id)
                 except CarError as exc:
-                    self.log.warning("auto_run %s not started: %s", slot.id, exc)
+                    self.log.warning("auto_run %s not started: %s", entry.id, exc)
 
     def shutdown(self) -> None:
         """End every loop (its agent's group), release locks, flush hub_state.json; idempotent."""
@@ -139,7 +139,7 @@ class HubSupervisor:
         self._last_scan_at = cache.last_scan_at
         manifest = read_manifest(self.config.manifest_path, self.config.root, cache.manifest)
         with self._guard:
-            self._listing.set_manifest(manifest, cache.seeds, cache.init_errors())
+            self._listing.load(manifest, cache)
             self._state.remember(self._listing.rereads())  # the probes export what they were seeded with
         self._loaded = True
 
@@ -160,20 +160,29 @@ class HubSupervisor:
                 manifest = save_manifest(path, add_repos(manifest, [f.rel_path for f in new]))
                 self.log.info("scan: added %s", ", ".join(e.id for e in manifest.repos[-len(new):]))
             with self._guard:
-                self._listing.set_manifest(manifest)
-                slots = list(self._listing.slots.values())
-                entries = [self._listing.entry(slot) for slot in slots]
-            acted = [i for i, slot in enumerate(slots) if self._settle(slot, entries[i])]
+                repos = self._listing.restore(manifest)  # a new process, and no repo changed since
+            if repos is None:
+                repos = self._judge_all(manifest)
             with self._guard:
-                for i in acted:
-                    entries[i] = self._listing.entry(slots[i])
-                repos = tuple(entries)
-                self._listing.mark_published(slots, repos)
                 self._last_scan_at = utc_now()
                 snapshot = self.last_scan = HubSnapshot(repos, self._last_scan_at)
         self.events.publish(("repos", snapshot))
         self._worker.schedule_flush()
         return snapshot
+
+    def _judge_all(self, manifest: Manifest) -> Tuple[RepoEntry, ...]:
+        """Every repo's entry from its files, once those that need it are settled (init, a crashed run)."""
+        with self._guard:
+            self._listing.set_manifest(manifest)
+            slots = list(self._listing.slots.values())
+            entries = [self._listing.entry(slot) for slot in slots]
+        acted = [i for i, slot in enumerate(slots) if self._settle(slot, entries[i])]
+        with self._guard:
+            for i in acted:
+                entries[i] = self._listing.entry(slots[i])
+            repos = tuple(entries)
+            self._listing.mark_published(slots, repos)
+        return repos
 
     def _settle(self, slot: RepoSlot, entry: RepoEntry) -> bool:
         """Init a repo that needs it (auto_init_missing), or close its crashed run; True if it acted."""
@@ -252,6 +261,10 @@ class HubSupervisor:
         snapshot = self.snapshot()
         acted = [slot for slot in list(self._listing.slots.values()) if self._reconcile(slot)]
         return self.snapshot() if acted else snapshot
+
+    def _repo_ids(self) -> List[str]:
+        """For the worker's poll: the manifest's ids (an immutable list: no lock needed)."""
+        return [e.id for e in self._listing.manifest.repos]
 
     def _runner_facts(self, repo_id: str) -> Tuple[bool, Optional[str]]:
         runner = self._runners.get(repo_id)
@@ -338,4 +351,5 @@ class HubSupervisor:
             snapshot = HubSnapshot(tuple(self._listing.latest()), self._last_scan_at)
             manifest, rereads = self._listing.manifest, self._listing.rereads()
             seeds = self._listing.seeds() if self._state.stale_seeds(rereads) else None
-        self._state.save(snapshot, manifest, rereads, seeds)  # outside the lock: the API never waits on a write
+            memo = self._listing.memo()
+        self._state.save(snapshot, manifest, rereads, seeds, memo)  # outside the lock: the API never waits on a write

@@ -7,13 +7,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from car.errors import NotFound
-from car.hub_state import RepoEntry, build_entry
+from car.hub_cache import HubCache, Memo
+from car.hub_state import RepoEntry, build_entry, entries_from_rows, entry_row
 from car.manifest import Manifest, ManifestEntry
-from car.probe import NOT_INITIALIZED, RepoFiles, RepoProbe
-from car.status import LockStatus
+from car.probe import NOT_INITIALIZED, RepoFiles, RepoProbe, stamp_repos
+from car.status import LockStatus, RepoStatus, RunStatus
 
 # (active, last_error) of this hub's runner for a repo id; (False, None) when it has none
 RunnerFacts = Callable[[str], "tuple[bool, Optional[str]]"]
+# An entry judged from its files alone (no lock, runner, init or crashed run in it) can be memoized:
+# a new process judging the same files finds the same, and a scan has nothing to settle for it
+_MEMOIZABLE = (RepoStatus.IDLE, RepoStatus.ERROR)
+_RUNNING = RunStatus.RUNNING.value
 
 
 class RepoSlot:
@@ -43,33 +48,98 @@ class RepoSlot:
 class RepoListing:
     """Slots by id, probes cached per repo: a snapshot of unchanged repos costs a few stats each.
 
-    Not thread-safe: the hub calls it under its lock.
+    Slots are made when first needed: until then a scan may find the cache's memo still true
+    (restore), and then builds nothing at all. Not thread-safe: the hub calls it under its lock.
     """
 
     def __init__(self, hub_root: Path, runner_facts: RunnerFacts) -> None:
         self.hub_root, self._runner_facts = hub_root, runner_facts
         self.manifest = Manifest()
-        self.slots: Dict[str, RepoSlot] = {}
+        self._slots: Dict[str, RepoSlot] = {}
+        self._cache: Optional[HubCache] = None  # loaded, and no slot made from it yet
+        self._restored: Optional[Tuple[RepoEntry, ...]] = None  # the cache's memo, found true by restore()
         self.foreign_hub: Optional[int] = None  # pid of another process serving this hub (`hub status`)
         self._generation = 0  # bumped when slots come or go: probes' read counts restart with them
+
+    @property
+    def slots(self) -> Dict[str, RepoSlot]:
+        if self._cache is not None:
+            self._make_slots()
+        return self._slots
+
+    def load(self, manifest: Manifest, cache: HubCache) -> None:
+        """Start from the cache: its reads seed the probes, its memo may spare the first scan."""
+        self.manifest, self._slots, self._cache, self._restored = manifest, {}, cache, None
+        self._generation += 1
+
+    def _make_slots(self) -> None:
+        cache, self._cache = self._cache, None
+        assert cache is not None
+        generation = self._generation  # slots seeded from the cache export what it holds: not a change
+        self.set_manifest(self.manifest, cache.decode_seeds(), cache.init_errors())
+        self._generation = generation
+        if self._restored is not None:  # what restore() returned went out as the scan's list
+            self.mark_published(list(self._slots.values()), self._restored)
+            self._restored = None
+
+    def restore(self, manifest: Manifest) -> Optional[Tuple[RepoEntry, ...]]:
+        """The cache's memo as the entries, if no slot is made yet, `manifest` is the one loaded and
+        every repo's files stat as the memo says; else None (judge them)."""
+        memo = self._cache.memo if self._cache is not None else None
+        if memo is None or manifest is not self.manifest or memo[0] != manifest.sha256:
+            return None
+        _, todo_rels, stamps, rows = memo
+        repos = manifest.repos
+        if len(todo_rels) != len(repos):
+            return None
+        prefix = f"{self.hub_root}/"
+        try:
+            if stamp_repos([prefix + e.path for e in repos], todo_rels) != stamps:
+                return None
+        except TypeError:  # not a str where a TODO path goes
+            return None
+        self._restored = entries_from_rows(rows, manifest)
+        return self._restored
+
+    def memo(self) -> Optional[Memo]:
+        """For hub_cache.bin: the entries as last built and the stamps they were judged from; None
+        when one of them says more than its files (a lock, this hub's runner, an init, a crashed run)."""
+        if self._cache is not None:
+            return self._cache.memo
+        if self.manifest.sha256 is None or self.foreign_hub is not None:
+            return None
+        todo_rels, stamps, rows = [], [], []
+        for slot in self._slots.values():
+            entry, key = slot.cached, slot.key
+            if (entry is None or entry.status not in _MEMOIZABLE or key[0] is not slot.files or key[6] is not None
+                    or slot.files.run_status == _RUNNING):
+                return None
+            stamp = slot.probe.stamp()
+            if stamp is None:
+                return None
+            todo_rels.append(slot.probe.todo_rel)
+            stamps.extend(stamp)
+            rows.append(entry_row(entry))
+        return (self.manifest.sha256, todo_rels, stamps, rows)
 
     def set_manifest(self, manifest: Manifest, seeds: Optional[Dict[str, Any]] = None,
                      init_errors: Optional[Dict[str, str]] = None) -> None:
         """Follow the manifest; a slot whose id and path are unchanged keeps its caches."""
         seeds, init_errors = seeds or {}, init_errors or {}
         prefix = f"{self.hub_root}/"
+        current = self.slots
         slots: Dict[str, RepoSlot] = {}
         for entry in manifest.repos:
-            old = self.slots.get(entry.id)
+            old = current.get(entry.id)
             if old is not None and old.entry.path == entry.path:
                 old.entry, slots[entry.id] = entry, old
             else:
                 seed = seeds.get(entry.id)
                 reads = seed[1] if type(seed) is list and len(seed) == 2 and seed[0] == entry.path else None
                 slots[entry.id] = RepoSlot(entry, prefix + entry.path, reads, init_errors.get(entry.id))
-        if slots.keys() != self.slots.keys() or any(slots[i] is not self.slots[i] for i in slots):
+        if slots.keys() != current.keys() or any(slots[i] is not current[i] for i in slots):
             self._generation += 1
-        self.manifest, self.slots = manifest, slots
+        self.manifest, self._slots = manifest, slots
 
     def slot(self, repo_id: str) -> RepoSlot:
         slot = self.slots.get(repo_id)
@@ -99,10 +169,14 @@ class RepoListing:
 
     def latest(self) -> List[RepoEntry]:
         """The entries as last built, without re-reading (a slot never read is read now)."""
+        if self._cache is not None and self._restored is not None:
+            return list(self._restored)
         return [slot.cached if slot.cached is not None else self.entry(slot) for slot in self.slots.values()]
 
     def changed(self, repo_ids: Any) -> List[RepoEntry]:
         """Entries that differ from what was last published (and now count as published)."""
+        if not repo_ids:
+            return []
         out = []
         for repo_id in repo_ids:
             slot = self.slots.get(repo_id)
@@ -121,6 +195,8 @@ class RepoListing:
 
     def rereads(self) -> Tuple[int, int]:
         """Changes when a probe reads a file (not just stats it): unchanged means the same seeds."""
+        if self._cache is not None:
+            return self._generation, 0
         return self._generation, sum(slot.probe.rereads for slot in self.slots.values())
 
     def seeds(self) -> Dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import marshal
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from car.files import file_stamp, write_atomic
-from car.hub_cache import HubCache, encode, read_hub_cache, write_hub_cache
+from car.hub_cache import HubCache, Memo, encode, read_hub_cache, write_hub_cache
 from car.layout import HubLayout
 from car.manifest import Manifest, ManifestCache, ManifestEntry
 from car.probe import NOT_INITIALIZED, RepoFiles
@@ -19,6 +20,8 @@ STATE_VERSION = 1
 _STATE_KEYS = {"version", "last_scan_at", "repos"}
 _IN_RUN = (RepoStatus.RUNNING, RepoStatus.LOCKED)  # a run may be under way (this hub's or another's)
 _RUNNING = RunStatus.RUNNING.value
+_STATUSES = {s.value: s for s in RepoStatus}
+_LOCKS = {s.value: s for s in LockStatus}
 
 
 class RepoEntry(NamedTuple):
@@ -53,6 +56,26 @@ class RepoEntry(NamedTuple):
             "stop_reason": self.stop_reason, "todo_done": self.todo_done, "todo_total": self.todo_total,
             "current_run_id": self.current_run_id, "current_run_started_at": self.current_run_started_at,
         }
+
+
+def entry_row(entry: RepoEntry) -> tuple:
+    """The entry as marshal can hold it: the enums by value."""
+    return (*entry[:5], entry.status.value, entry.lock_status.value, *entry[7:])
+
+
+def entries_from_rows(rows: List[Any], manifest: Manifest) -> Optional[Tuple[RepoEntry, ...]]:
+    """entry_row's rows back as entries, one per manifest entry and in its order; None if they are not."""
+    repos = manifest.repos
+    if len(rows) != len(repos):
+        return None
+    make = RepoEntry._make
+    try:
+        entries = tuple([make((*row[:5], _STATUSES[row[5]], _LOCKS[row[6]], *row[7:])) for row in rows])
+    except (KeyError, TypeError, IndexError):
+        return None
+    if any(e.id != m.id or e.path != m.path for e, m in zip(entries, repos)):
+        return None
+    return entries
 
 
 @dataclass(frozen=True)
@@ -152,7 +175,7 @@ class HubStateFile:
         return rereads != self._rereads
 
     def save(self, snapshot: HubSnapshot, manifest: Manifest, rereads: Any,
-             seeds: Optional[Dict[str, Any]]) -> bool:
+             seeds: Optional[Dict[str, Any]], memo: Optional[Memo]) -> bool:
         """Write what changed (seeds None: as last loaded or saved); True if anything was written.
         Called by one thread at a time, without the hub's lock: it may wait on fsync."""
         old = self.cache
@@ -163,7 +186,7 @@ class HubStateFile:
             write_atomic(self.state_path, render_hub_state(snapshot))
             state_stamp = file_stamp(self.state_path)
         new = HubCache(snapshot.last_scan_at, listing, state_stamp, self._manifest_cache(manifest),
-                       old.seeds if seeds is None else seeds)
+                       old.seeds if seeds is None else marshal.dumps(seeds), memo)
         if written or not new.same_content(old):
             write_hub_cache(self.cache_path, new)
             written = True

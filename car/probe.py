@@ -119,6 +119,22 @@ class RepoProbe:
         return [config, state if state is not None and _trusted(state) else None,
                 todo if todo is not None and _trusted(todo) else None]
 
+    def stamp(self) -> Optional[List[int]]:
+        """The stats of this repo's files behind the last read() (see stamp_repos), or None when it
+        cannot vouch for them: a read not trusted, a lock seen, no TODO."""
+        parts = self._parts
+        if parts is None or parts[2] is not _UNLOCKED or parts[3] is _NO_TODO:
+            return None
+        config, state, _, todo = parts
+        if not (_trusted(config) and _trusted(state) and _trusted(todo)):
+            return None
+        return [*config[:3], *state[:3], *todo[:3]]
+
+    @property
+    def todo_rel(self) -> Optional[str]:
+        """The TODO path as its config names it (relative to the repo when inside it), as last read."""
+        return None if self._config is None else self._config[3]
+
     def forget(self) -> None:
         """Drop the cache (after an init rewrote the files)."""
         self._config = self._state = self._todo = None
@@ -158,6 +174,34 @@ class RepoProbe:
             os.close(fd)
         racy = not racy_ok and st.st_mtime_ns >= time.time_ns() - RACY_NS
         return [UNTRUSTED if racy else st.st_ino, st.st_size, st.st_mtime_ns, *parse(path, data), *extra]
+
+
+def stamp_repos(roots: List[str], todo_rels: List[str]) -> Optional[List[int]]:
+    """For each repo: inode, size and mtime_ns of its config, state.json and TODO, in one flat
+    list, as RepoProbe.stamp() gives them; None if a file is missing or a repo holds a lock.
+
+    The same four stats a probe makes, without a probe: equal to the stamps stored when the listing
+    was last built, they prove that listing still holds (hub_cache.bin's memo)."""
+    stamps: List[int] = []
+    add, stat = stamps.extend, os.stat
+    for root, todo_rel in zip(roots, todo_rels):
+        prefix = root + "/"
+        try:
+            config, state = stat(prefix + CONFIG_REL), stat(prefix + STATE_REL)
+            todo = stat(todo_rel if todo_rel[:1] == "/" else prefix + todo_rel)
+        except OSError:
+            return None
+        try:
+            stat(prefix + LOCK_REL)
+        except _MISSING:
+            pass
+        except OSError:
+            return None
+        else:  # a lock: a run may change anything, so everything is read
+            return None
+        add((config.st_ino, config.st_size, config.st_mtime_ns, state.st_ino, state.st_size, state.st_mtime_ns,
+             todo.st_ino, todo.st_size, todo.st_mtime_ns))
+    return stamps
 
 
 def _unchanged(read: List[Any], path: str) -> bool:

@@ -110,15 +110,17 @@ class HubSupervisor:
             runner.close()
         self._executor.shutdown(wait=True)
         self._worker.stop()
-        if self._locked:
-            if self._loaded:
+        try:
+            if self._locked and self._loaded:
                 self._publish({repo_id for repo_id, _ in runners})  # their final state
                 self._flush()
-            self.log.info("hub stopped")
-            release_lock(self.layout.lock)
-            self._locked = False
-        self.events.close()
-        close_logger(self.log)
+        finally:  # a flush that failed (a full disk) still lets the next hub start
+            if self._locked:
+                self.log.info("hub stopped")
+                release_lock(self.layout.lock)
+                self._locked = False
+            self.events.close()
+            close_logger(self.log)
 
     def _take_lock(self) -> None:
         path = self.layout.lock

@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from car.errors import CarError
 from car.files import file_stamp, write_atomic
 from car.hub_cache import HubCache, Memo, encode, read_hub_cache, write_hub_cache
 from car.layout import HubLayout
@@ -183,12 +184,19 @@ class HubStateFile:
         state_stamp = old.state_stamp
         written = listing != old.listing or state_stamp is None or file_stamp(self.state_path) != state_stamp
         if written:
-            write_atomic(self.state_path, render_hub_state(snapshot))
+            try:
+                write_atomic(self.state_path, render_hub_state(snapshot))
+            except OSError as exc:
+                raise CarError(f"{self.state_path}: cannot write the hub's listing ({exc.strerror}); "
+                               f"fix its permissions (it is rewritten at the next scan)") from exc
             state_stamp = file_stamp(self.state_path)
         new = HubCache(snapshot.last_scan_at, listing, state_stamp, self._manifest_cache(manifest),
                        old.seeds if seeds is None else marshal.dumps(seeds), memo)
         if written or not new.same_content(old):
-            write_hub_cache(self.cache_path, new)
+            try:
+                write_hub_cache(self.cache_path, new)
+            except OSError:  # only a cache, checked at every start: a stale one costs a slower start
+                pass
             written = True
         self.cache, self._rereads = new, rereads
         return written

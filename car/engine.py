@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -15,6 +16,7 @@ from car.agent import AgentProcess, Event, resolve_binary
 from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
 from car.docs import DocKind, TodoCounts, parse_todos
+from car.errors import CarError
 from car.files import append_jsonl, read_text, write_atomic
 from car.layout import RepoLayout
 from car.lock import acquire_lock, release_lock, update_lock
@@ -54,6 +56,7 @@ class Engine:
         self._guard = threading.Lock()
         self._agent: Optional[AgentProcess] = None
         self._kill_reason: Optional[StopReason] = None
+        self._ran = False  # a run of this loop started: its end goes into state.json
         self._stop = threading.Event()
         self.current_run_id: Optional[int] = None
         self.current_run_started_at: Optional[str] = None
@@ -85,7 +88,8 @@ class Engine:
             reason = self._loop(once)
             return reason
         finally:
-            self._finish(reason or StopReason.INTERRUPTED)
+            if reason is not None or self._ran:  # an error before any run leaves state.json as it was
+                self._finish(reason or StopReason.INTERRUPTED)
             release_lock(self.layout.lock)
             if self._own_log:
                 self.log.close()
@@ -140,7 +144,11 @@ class Engine:
             return None
 
     def _todo_counts(self) -> TodoCounts:
-        return parse_todos(read_text(self.config.doc_path(DocKind.TODO.value)))
+        path = self.config.doc_path(DocKind.TODO.value)
+        if not path.exists():  # read as empty, it would end the loop as done
+            raise CarError(f"{path}: the TODO file is missing; run `car init` to make it again, or fix "
+                           f"docs.todo in .codex-autorunner/config.yml")
+        return parse_todos(read_text(path))
 
     def _finish(self, reason: StopReason) -> None:
         state = load_state(self.layout.state)
@@ -168,12 +176,30 @@ class Engine:
                           last_run_started_at=started_at, last_run_finished_at=None,
                           runner_pid=os.getpid(), stop_reason=None)
         save_state(layout.state, state)
+        self._ran = True
         self.current_run_id, self.current_run_started_at = run_id, started_at
         self.log.start_run(run_id)
         self._on_change()
 
         reader = self._reader_factory()
-        end_reason, exit_code = self._run_agent(run_id, reader, wall_deadline)
+        exit_code: Optional[int] = None
+        try:
+            end_reason, exit_code = self._run_agent(run_id, reader, wall_deadline)
+            end_reason, after_todo, progressed = self._judge(run_id, reader, end_reason, exit_code, before)
+        except BaseException as exc:
+            # whatever failed (an unreadable TODO, a full disk), the run's end goes on record; the
+            # error then ends the loop
+            with contextlib.suppress(Exception):
+                self.log.write(f"car: error: {exc or type(exc).__name__}", run_id)
+                self._record_end(run_id, state, exit_code, StopReason.INTERRUPTED, reader)
+            raise
+        self._record_end(run_id, state, exit_code, end_reason, reader)
+        return RunResult(run_id, exit_code, end_reason, progressed, after_todo, reader.usage)
+
+    def _judge(self, run_id: int, reader: OutputReader, end_reason: Optional[StopReason],
+               exit_code: Optional[int], before: tuple) -> tuple:
+        """(why the run ends the loop or None, TODO counts after it, whether it made progress)."""
+        cfg = self.config
         if end_reason is None and self._stop_file() == "kill":
             end_reason = StopReason.KILLED  # `car kill` in another process ended the agent
         if end_reason is None and (exit_code != 0 or reader.failure):
@@ -190,10 +216,16 @@ class Engine:
             if note:
                 self.log.write(f"car: {note}", run_id)
                 self._fingerprint = None  # HEAD moved
+        return end_reason, after_todo, progressed
+
+    def _record_end(self, run_id: int, state: RepoState, exit_code: Optional[int],
+                    end_reason: Optional[StopReason], reader: OutputReader) -> None:
+        """The run's end marker, its runs.jsonl record, and state.json."""
+        cfg, layout = self.config, self.layout
         self.log.end_run(run_id, f"code {exit_code}")
         finished_at = utc_now()
         append_jsonl(layout.runs, {
-            "id": run_id, "started_at": started_at, "finished_at": finished_at, "exit_code": exit_code,
+            "id": run_id, "started_at": state.last_run_started_at, "finished_at": finished_at, "exit_code": exit_code,
             "end_reason": end_reason.value if end_reason else None,
             "usage": reader.usage.to_json() if reader.usage else None,
             "output": clip_tail(reader.final_message, cfg.prompt.prev_run_max_chars)
@@ -202,7 +234,6 @@ class Engine:
         state.last_exit_code, state.last_run_finished_at = exit_code, finished_at
         save_state(layout.state, state)
         self._on_change()
-        return RunResult(run_id, exit_code, end_reason, progressed, after_todo, reader.usage)
 
     def _files_fingerprint(self) -> Optional[str]:
         return git.fingerprint(self.config.root) if self._count_progress else None

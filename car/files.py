@@ -15,7 +15,7 @@ def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True) -
 
     durable=False skips the fsync, for files a crash makes moot (the lock's updates, the run's prompt)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # the directory is never made here: a repo deleted while car works in it must stay deleted
     # a random name opened O_EXCL: tempfile.mkstemp's way, without importing tempfile (~4 ms)
     tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -39,11 +39,15 @@ def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True) -
 
 
 def read_text(path: Path, missing: str = "") -> str:
-    """The file's text; `missing` when there is no such file."""
+    """The file's text (bytes that are not UTF-8 read as U+FFFD: an agent may write any); `missing`
+    when there is no such file; a CarError naming it when it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return missing
+    except OSError as exc:
+        raise CarError(f"{path}: cannot read ({exc.strerror}); fix the file, or the setting in "
+                       f".codex-autorunner/config.yml that names it") from exc
 
 
 def file_stamp(path: Path) -> Optional[List[int]]:

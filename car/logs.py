@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
+from car.errors import CarError
 from car.feed import Feed
 from car.state import utc_now
 
@@ -46,7 +47,12 @@ def make_logger(name: str, path: Path, backup_count: int, max_bytes: int = 0,
     for old in list(logger.handlers):
         logger.removeHandler(old)
         old.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # opened lazily by the handler: a log car cannot write must stop the start, not each line
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+    except OSError as exc:
+        raise CarError(f"{path}: cannot write the log ({exc.strerror}); fix its permissions, or set "
+                       f"log.path in the config") from exc
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count,
                                                    encoding="utf-8", delay=True)
     if stamped:  # ISO-8601 UTC, the time format of the run logs

@@ -21,7 +21,7 @@ def make_hub(root: Path, log: Any = None, **hub: Any) -> HubConfig:
     data["hub"].update(hub)
     if log:
         data["hub"]["log"].update(log)
-    root.mkdir(parents=True, exist_ok=True)
+    HubLayout(root).dir.mkdir(parents=True, exist_ok=True)
     write_yaml(HubLayout(root).config, data)
     return hub_config(root)
 

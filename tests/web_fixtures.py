@@ -203,6 +203,7 @@ def write_hub_config(root: Path, **hub: Any) -> Path:
     data = default_data("hub")
     data["hub"].update(hub)
     path = root / ".codex-autorunner" / "config.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_yaml(path, data)
     return path
 

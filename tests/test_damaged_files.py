@@ -1,0 +1,129 @@
+"""Files an agent or a person left in a state car did not expect: one line, the run on record, no loss."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from car.errors import CarError
+from car.files import write_atomic
+from car.layout import HubLayout, RepoLayout
+from car.logs import make_logger
+
+from hub_fixtures import agent_repos, make_hub, started, wait_status
+from support import make_repo, read_pids, run_car, update_config, wait_until
+
+
+def script_agent(repo: Path, body: str) -> None:
+    """The repo's agent becomes a small Python script run in the repo (stdin: the prompt)."""
+    script = repo / "agent.py"
+    script.write_text(f"import pathlib, sys\nsys.stdin.read()\ntodo = pathlib.Path('.codex-autorunner/TODO.md')\n"
+                      f"{body}\n")
+    update_config(repo, codex={"binary": sys.executable, "args": [str(script)]})
+
+
+def one_line_error(proc, *words: str) -> str:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+    return lines[0]
+
+
+def run_records(repo: Path) -> list:
+    return [json.loads(line) for line in RepoLayout(repo).runs.read_text().splitlines()]
+
+
+def test_a_todo_the_agent_wrote_in_latin_1_still_counts(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo", items=("first", "second"))
+    script_agent(repo, "todo.write_bytes(b'# TODO\\n- [x] first caf\\xe9\\n- [ ] second\\n')")
+    proc = run_car("once", cwd=repo)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "TODO 1/2 done" in proc.stderr + proc.stdout
+    assert [r["end_reason"] for r in run_records(repo)] == [None]
+    assert b"caf\xe9" in (repo / ".codex-autorunner/TODO.md").read_bytes()  # read, never rewritten
+
+
+@pytest.mark.parametrize("spoil", ["directory", "missing"])
+def test_a_todo_car_cannot_read_stops_the_loop_before_any_run(tmp_path: Path, spoil: str):
+    repo = make_repo(tmp_path / "repo")
+    todo = repo / ".codex-autorunner/TODO.md"
+    todo.unlink()
+    if spoil == "directory":
+        todo.mkdir()
+    state = RepoLayout(repo).state.read_bytes()
+    proc = run_car("run", cwd=repo)
+    one_line_error(proc, str(todo), "TODO" if spoil == "missing" else "cannot read")
+    assert RepoLayout(repo).state.read_bytes() == state  # no run happened: nothing to record
+    assert not RepoLayout(repo).runs.exists()
+
+
+def test_a_todo_the_agent_deleted_ends_the_loop_with_the_run_on_record(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    script_agent(repo, "todo.unlink()\nprint('deleted it')")
+    proc = run_car("run", cwd=repo)
+    one_line_error(proc, "the TODO file is missing")
+    assert [(r["id"], r["exit_code"], r["end_reason"]) for r in run_records(repo)] == [(1, 0, "interrupted")]
+    log = RepoLayout(repo).dir.joinpath("codex-autorunner.log").read_text()
+    assert "=== run 1 end (code 0) ===" in log and "deleted it" in log
+    state = json.loads(RepoLayout(repo).state.read_text())
+    assert state["status"] == "error" and state["stop_reason"] == "interrupted" and state["last_run_finished_at"]
+
+
+def test_a_log_car_cannot_write_stops_the_start_before_the_agent(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    log = repo / ".codex-autorunner/codex-autorunner.log"
+    log.unlink()
+    log.mkdir()
+    todo = (repo / ".codex-autorunner/TODO.md").read_bytes()
+    proc = run_car("once", cwd=repo)
+    one_line_error(proc, str(log))
+    assert (repo / ".codex-autorunner/TODO.md").read_bytes() == todo  # the agent never ran
+    assert not RepoLayout(repo).runs.exists()
+
+
+def test_writing_into_a_directory_that_is_gone_creates_nothing(tmp_path: Path):
+    gone = tmp_path / "repo" / ".codex-autorunner"
+    with pytest.raises(FileNotFoundError):
+        write_atomic(gone / "state.json", "{}")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_repo_moved_away_while_the_hub_runs_it_is_not_made_again(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
+    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(tmp_path / "pids"))
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha")
+    with started(config) as hub:
+        hub.run("alpha")
+        wait_until(lambda: len(read_pids(tmp_path / "pids")) == 2, 20, "the agent and its child")
+        shutil.move(str(root / "alpha"), str(tmp_path / "elsewhere"))
+        hub.kill("alpha")
+        wait_until(lambda: not hub._runners["alpha"].active, 20, "the loop ended")
+        hub.scan()
+        assert wait_status(hub, "alpha", "missing").status == "missing"
+    assert not (root / "alpha").exists()  # no state.json, lock or log brought it back
+
+
+def test_a_hub_listing_car_cannot_write_is_one_line_and_frees_the_hub(tmp_path: Path):
+    root = tmp_path / "hub"
+    make_hub(root)
+    agent_repos(root, "alpha")
+    HubLayout(root).hub_state.mkdir()
+    for _ in range(2):  # the second would say "a hub already serves" had the first left its lock
+        proc = run_car("hub", "scan", cwd=root)
+        one_line_error(proc, str(HubLayout(root).hub_state), "cannot write")
+    assert not HubLayout(root).lock.exists()
+
+
+def test_a_log_that_cannot_be_opened_is_one_error_at_start(tmp_path: Path):
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / "car.log"
+    with pytest.raises(CarError, match="cannot write the log"):
+        make_logger("car.test.unwritable", path, 1)

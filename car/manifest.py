@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tu
 
 from car.errors import ManifestError
 from car.files import dump_yaml, write_atomic
+from car.layout import CAR_DIR
 
 MANIFEST_VERSION = 1
 ENTRY_KEYS = ("id", "path", "enabled", "auto_run")
@@ -21,6 +22,8 @@ _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # fullmatch: safe as one URL p
 _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
 _PLAIN_NAME = re.compile(r"[^/\\\0]+")  # fullmatch: one directory name, nothing to normalize
 _DOTS = (".", "..")
+# no repo lives in car's own directory or in git's: an agent run there would work on their files
+_RESERVED = frozenset((*_DOTS, CAR_DIR, ".git"))
 # the same two, NUL-joined: no id or name can hold a NUL, so each piece between two is one of them
 _IDS = re.compile(rf"{_ID.pattern}(?:\0{_ID.pattern})*")
 _NAMES = re.compile(rf"{_PLAIN_NAME.pattern}(?:\0{_PLAIN_NAME.pattern})*")
@@ -179,7 +182,7 @@ def _all_plain(rows: Sequence[Row]) -> bool:
         return False
     unique, joined_ids, joined_paths = set(paths), "\0".join(ids), "\0".join(paths)
     # no id or name can hold a NUL: the counts tell that each piece is one of them
-    return (len(set(ids)) == len(unique) == len(rows) and unique.isdisjoint(_DOTS)
+    return (len(set(ids)) == len(unique) == len(rows) and unique.isdisjoint(_RESERVED)
             and not any(map(str.isspace, paths)) and joined_ids.count("\0") == joined_paths.count("\0") == len(rows) - 1
             and _IDS.fullmatch(joined_ids) is not None and _NAMES.fullmatch(joined_paths) is not None)
 
@@ -197,6 +200,9 @@ def _checked(row: Row, i: int, path: Path, hub_root: Path) -> Row:
                                 f"({NEVER_REWRITTEN})")
         raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path: expected a directory relative to the "
                             f"hub root, got {rel!r}; {NEVER_REWRITTEN}")
+    if not _RESERVED.isdisjoint(normal.split("/")):
+        raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path {rel!r} goes into a {CAR_DIR} or .git "
+                            f"directory, which holds no repo; point it at the repo itself ({NEVER_REWRITTEN})")
     if type(enabled) is not bool or type(auto_run) is not bool:
         key, value = ("enabled", enabled) if type(enabled) is not bool else ("auto_run", auto_run)
         raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): {key}: expected true or false, got "

@@ -87,6 +87,9 @@ def test_an_absolute_path_inside_the_root_is_stored_relative(root: Path):
     ("version: 1\nrepos:\n- {id: a, path: ../elsewhere}\n", ["repos[0]", "leaves the hub root"]),
     ("version: 1\nrepos:\n- {id: a, path: /etc}\n", ["repos[0]", "leaves the hub root"]),
     ("version: 1\nrepos:\n- {id: a, path: .}\n", ["leaves the hub root"]),
+    ("version: 1\nrepos:\n- {id: a, path: .codex-autorunner}\n", ["repos[0]", "goes into a .codex-autorunner"]),
+    ("version: 1\nrepos:\n- {id: a, path: r2/.codex-autorunner/x}\n", ["repos[0]", "goes into"]),
+    ("version: 1\nrepos:\n- {id: a, path: r2/.git}\n", ["repos[0]", "goes into"]),
     ("version: 1\nrepos:\n- {id: a, path: a, enabled: 'yes'}\n", ["enabled", "true or false"]),
     ("version: 1\nrepos:\n- {id: 'a/b', path: a}\n", ["id"]),
     ("version: 2\nrepos: []\n", ["version"]),
@@ -154,6 +157,7 @@ def test_a_cached_manifest_reads_as_its_file_does(root: Path):
     ("alpha", "gamma", True, False, None), ("gamma", "alpha", True, False, None),
     ("alpha", "alpha", "yes", False, None), ("alpha", "alpha", True, False, ["not", "a", "dict"]),
     ("alpha", " ", True, False, None), ("alpha", "..", True, False, None),
+    ("alpha", ".codex-autorunner", True, False, None), ("alpha", "beta/.git", True, False, None),
 ])
 @pytest.mark.parametrize("text", [PLAIN, MANIFEST], ids=["plain names", "a nested path"])
 def test_a_cached_manifest_that_does_not_check_out_yields_to_the_file(root: Path, row: tuple, text: str):

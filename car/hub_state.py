@@ -20,7 +20,7 @@ from car.status import LockStatus, RepoFacts, RepoStatus, RunStatus, derive_stat
 STATE_VERSION = 1
 _STATE_KEYS = {"version", "last_scan_at", "repos"}
 _IN_RUN = (RepoStatus.RUNNING, RepoStatus.LOCKED)  # a run may be under way (this hub's or another's)
-_RUNNING = RunStatus.RUNNING.value
+_RUNNING, _ERROR = RunStatus.RUNNING.value, RunStatus.ERROR.value
 _STATUSES = {s.value: s for s in RepoStatus}
 _LOCKS = {s.value: s for s in LockStatus}
 
@@ -98,8 +98,11 @@ def build_entry(entry: ManifestEntry, exists: bool, files: RepoFiles, *, initial
     if not exists:
         files = NOT_INITIALIZED
     run_status = files.run_status
+    # a config or state.json that cannot be read says "error" as plainly as a failed run: the repo
+    # cannot run as it is, and its entry's error says why
+    last_state = _ERROR if files.error else run_status if isinstance(run_status, str) else None  # hashable
     status = _judge(exists, files.initialized, initializing, init_error, runner_active, files.lock_status,
-                    run_status if isinstance(run_status, str) else None)  # hashable; only a str says "error"
+                    last_state)
     in_run = status in _IN_RUN and run_status == _RUNNING and not files.last_run_finished_at
     return RepoEntry(
         entry.id, entry.path, entry.display_name, entry.enabled, entry.auto_run, status, files.lock_status,

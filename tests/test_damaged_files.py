@@ -127,3 +127,17 @@ def test_a_log_that_cannot_be_opened_is_one_error_at_start(tmp_path: Path):
     path = tmp_path / "file" / "car.log"
     with pytest.raises(CarError, match="cannot write the log"):
         make_logger("car.test.unwritable", path, 1)
+
+
+def test_the_hub_lists_a_repo_whose_files_cannot_be_read_as_error(tmp_path: Path):
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "fine", "yaml", "hubcfg", "state")
+    (root / "yaml/.codex-autorunner/config.yml").write_text("mode: repo\ncodex: [unclosed\n")
+    (root / "hubcfg/.codex-autorunner/config.yml").write_text("version: 2\nmode: hub\n")
+    RepoLayout(root / "state").state.write_text('{"status": "running", ')
+    with started(config) as hub:
+        entries = {e.id: e for e in hub.snapshot().repos}
+    assert entries["fine"].status == "idle" and entries["fine"].error is None
+    for repo_id, words in (("yaml", "config.yml"), ("hubcfg", "hub config"), ("state", "state.json")):
+        assert entries[repo_id].status == "error" and words in entries[repo_id].error, entries[repo_id]

@@ -32,6 +32,7 @@ _STR, _BOOL, _EXTRA = {str}, {bool}, {dict, type(None)}
 Row = Tuple[Any, Any, Any, Any, Optional[Dict[str, Any]]]
 # the checked manifest read from the bytes of this sha256: (sha256, top-level extra keys, rows)
 ManifestCache = Tuple[str, Dict[str, Any], List[Row]]
+_EMPTY_REPOS = re.compile(r"^repos:[ \t]*\[\][ \t]*\n?\Z", re.MULTILINE)  # `hub init`'s last line
 NEVER_REWRITTEN = "fix the file by hand (car never rewrites a manifest it cannot read)"
 
 
@@ -259,11 +260,54 @@ def load_manifest(path: Path, hub_root: Path) -> Manifest:
 
 def save_manifest(path: Path, manifest: Manifest) -> Manifest:
     """Write atomically, only when the bytes change; the manifest as saved (with its sha256)."""
-    raw = manifest.to_text().encode("utf-8")
     try:
-        unchanged = path.read_bytes() == raw
+        current: Optional[bytes] = path.read_bytes()
     except FileNotFoundError:
-        unchanged = False
-    if not unchanged:
+        current = None
+    raw = _appended(path, current, manifest)
+    if raw is None:
+        raw = manifest.to_text().encode("utf-8")
+        if current and raw != current:  # the person's comments and layout cannot be kept: keep a copy
+            write_atomic(path.with_name(path.name + ".bak"), current)
+    if raw != current:
         write_atomic(path, raw)
     return Manifest(manifest.repos, manifest.extra, digest(raw))
+
+
+def _appended(path: Path, current: Optional[bytes], manifest: Manifest) -> Optional[bytes]:
+    """The file's own text with the entries it lacks added at its end, if that reads back as
+    `manifest` (a scan only appends: comments, order and layout of what a person wrote stay)."""
+    if not current:
+        return None
+    try:
+        data = parse_yaml(current, path)
+    except ManifestError:
+        return None
+    wanted = manifest.to_data()
+    have = data.get("repos") if isinstance(data, dict) else None
+    if not isinstance(have, list) or _defaulted(data) != {**wanted, "repos": wanted["repos"][:len(have)]}:
+        return None
+    if len(have) == len(wanted["repos"]):
+        return current
+    try:
+        text = current.decode("utf-8")
+    except UnicodeDecodeError:  # YAML read it as UTF-16 or -32: car appends only to UTF-8
+        return None
+    text = _EMPTY_REPOS.sub("repos:\n", text) if not have else text if text.endswith("\n") else text + "\n"
+    added = dump_yaml(wanted["repos"][len(have):])
+    for indent in ("", "  "):  # the list's items at column 0 (as car writes them) or indented
+        candidate = (text + "".join(indent + line for line in added.splitlines(keepends=True))).encode("utf-8")
+        try:
+            if _defaulted(parse_yaml(candidate, path)) == wanted:
+                return candidate
+        except ManifestError:
+            continue
+    return None
+
+
+def _defaulted(data: Any) -> Any:
+    """Parsed manifest data with each entry's left-out flags filled in, as to_data() writes them."""
+    if not isinstance(data, dict) or not isinstance(data.get("repos"), list):
+        return data
+    repos = [{"enabled": True, "auto_run": False, **e} if isinstance(e, dict) else e for e in data["repos"]]
+    return {**data, "repos": repos}

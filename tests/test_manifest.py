@@ -178,3 +178,55 @@ def test_ids_and_paths_car_cannot_use_are_refused(root: Path, text: str, words: 
         load_manifest(write(root, text), root)
     for word in words:
         assert word in str(info.value)
+
+
+COMMENTED = """\
+# repos I care about; car appends below
+version: 1
+repos:
+- id: alpha
+  path: alpha  # the first one
+  enabled: true
+  auto_run: false
+# keep beta off for now
+"""
+INDENTED = "version: 1\nrepos:\n  # indented, as many people write lists\n  - id: alpha\n    path: alpha\n"
+FRESH = "# hub of team X\nversion: 1\nrepos: []\n"
+
+
+@pytest.mark.parametrize("text", [COMMENTED, INDENTED, FRESH], ids=["commented", "indented", "hub init's"])
+def test_new_entries_are_appended_to_the_text_a_person_wrote(root: Path, text: str):
+    path = write(root, text)
+    before = read_manifest(path, root)
+    saved = save_manifest(path, add_repos(before, ["beta", "gamma"]))
+    after = path.read_text()
+    assert after.startswith(text.replace("repos: []\n", "repos:\n"))  # every comment and line kept
+    again = read_manifest(path, root)
+    assert [(e.id, e.path, e.enabled, e.auto_run) for e in again.repos] == \
+        [(e.id, e.path, e.enabled, e.auto_run) for e in saved.repos]
+    assert [e.id for e in again.repos][-2:] == ["beta", "gamma"] and again.sha256 == saved.sha256
+    assert not path.with_name("manifest.yml.bak").exists()
+
+
+def test_a_manifest_that_cannot_be_appended_to_is_rewritten_with_a_copy_kept(root: Path):
+    text = "# flow style\nversion: 1\nrepos: [{id: alpha, path: alpha}]\nowner: me\n"
+    path = write(root, text)
+    save_manifest(path, add_repos(read_manifest(path, root), ["beta"]))
+    assert [e.id for e in read_manifest(path, root).repos] == ["alpha", "beta"]
+    assert path.with_name("manifest.yml.bak").read_text() == text
+
+
+def test_a_scan_keeps_the_comments_of_the_manifest(tmp_path: Path):
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    git_repos(root, "alpha")
+    hub = HubSupervisor(config)
+    hub.start(auto_run=False, watch=False)
+    hub.shutdown()
+    config.manifest_path.write_text("# mine\n" + config.manifest_path.read_text() + "# the end\n")
+    git_repos(root, "beta")
+    hub = HubSupervisor(config)
+    hub.start(auto_run=False, watch=False)
+    hub.shutdown()
+    text = config.manifest_path.read_text()
+    assert text.startswith("# mine\n") and "# the end\n- id: beta\n" in text

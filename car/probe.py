@@ -14,6 +14,7 @@ from car.docs import parse_todos
 from car.errors import CarError
 from car.layout import CAR_DIR, CONFIG_NAME, LOCK_NAME, STATE_NAME
 from car.lock import LockInfo, inspect_lock
+from car.state import state_problem
 from car.status import LockStatus
 
 # A file changed this recently may change again within the same mtime tick and keep its size
@@ -266,8 +267,9 @@ def _parse_state(path: str, data: Any) -> List[Any]:
         state = json.loads(data)
     except ValueError:
         state = None
-    if not isinstance(state, dict):
-        return [*(None for _ in STATE_KEYS), f"{path}: not a JSON object; fix or delete it"]
+    problem = state_problem(state) if state is not None else "not valid JSON"
+    if problem:
+        return [*(None for _ in STATE_KEYS), f"{path}: {problem}; fix or delete it"]
     return [*(state.get(k) for k in STATE_KEYS), None]
 
 

@@ -34,6 +34,8 @@ class RepoState:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(RepoState)}
+_COUNTS = ("last_run_id", "last_exit_code", "runner_pid")  # whole numbers (JSON's 1.5 or 1e400 are not)
+_TEXTS = ("status", "last_run_started_at", "last_run_finished_at", "stop_reason")
 
 
 def load_state(path: Path) -> RepoState:
@@ -44,9 +46,22 @@ def load_state(path: Path) -> RepoState:
         data = read_json(path)
     except Exception as exc:
         raise StateError(str(exc)) from exc
-    if not isinstance(data, dict):
-        raise StateError(f"{path}: expected a JSON object; fix or delete the file")
+    problem = state_problem(data)
+    if problem:
+        raise StateError(f"{path}: {problem}; fix or delete the file")
     return RepoState(**{k: v for k, v in data.items() if k in _FIELDS})
+
+
+def state_problem(data: Any) -> Optional[str]:
+    """What makes parsed state.json data unusable, or None."""
+    if not isinstance(data, dict):
+        return "expected a JSON object"
+    for key in _COUNTS:
+        value = data.get(key)
+        if value is not None and (type(value) is not int or (key == "last_run_id" and value < 0)):
+            return f"{key}: expected a whole number or null, got {value!r}"
+    bad = next((key for key in _TEXTS if data.get(key) is not None and not isinstance(data[key], str)), None)
+    return f"{bad}: expected a string or null, got {data[bad]!r}" if bad else None
 
 
 def save_state(path: Path, state: RepoState) -> None:

@@ -141,3 +141,19 @@ def test_the_hub_lists_a_repo_whose_files_cannot_be_read_as_error(tmp_path: Path
     assert entries["fine"].status == "idle" and entries["fine"].error is None
     for repo_id, words in (("yaml", "config.yml"), ("hubcfg", "hub config"), ("state", "state.json")):
         assert entries[repo_id].status == "error" and words in entries[repo_id].error, entries[repo_id]
+
+
+@pytest.mark.parametrize("value", ['"abc"', "1.5", "1e400", "-1", "true"])
+def test_a_state_json_with_a_wrong_type_is_one_line_and_listed_as_error(tmp_path: Path, value: str):
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha")
+    state = RepoLayout(root / "alpha").state
+    state.write_text(f'{{"status": "idle", "last_run_id": {value}}}')
+    before = state.read_bytes()
+    proc = run_car("once", cwd=root / "alpha")
+    one_line_error(proc, str(state), "last_run_id", "fix or delete")
+    assert state.read_bytes() == before
+    with started(config) as hub:
+        entry = hub.snapshot().get("alpha")
+    assert entry.status == "error" and "last_run_id" in entry.error

@@ -6,10 +6,10 @@ import os
 import stat
 from operator import attrgetter
 from pathlib import Path
-from typing import Collection, Dict, List, NamedTuple
+from typing import Collection, Dict, List, NamedTuple, Tuple
 
 from car.layout import CAR_DIR
-from car.manifest import Manifest, check_links
+from car.manifest import Manifest, escaping
 
 
 class FoundRepo(NamedTuple):
@@ -74,13 +74,11 @@ def find_repos(repos_root: Path, hub_root: Path, known: Collection[str] = ()) ->
     return sorted(found.values(), key=_NAME)
 
 
-def new_repos(found: List[FoundRepo], manifest: Manifest, manifest_path: Path, hub_root: Path) -> List[FoundRepo]:
-    """The found repos no manifest entry points at, through a symlink or not.
-
-    Checks on the way that no entry escapes the hub root through a symlink (ManifestError);
-    only entries that are not plain found directories need the realpath for that.
-    """
+def new_repos(found: List[FoundRepo], manifest: Manifest, hub_root: Path) -> Tuple[List[FoundRepo], Dict[str, str]]:
+    """The found repos no manifest entry points at (through a symlink or not), and the entries whose
+    path leaves the hub root through a symlink (manifest.escaping). Only the entries that are not
+    plain found directories need a realpath for either."""
     plain = {f.rel_path: f.real_path for f in found if not f.is_link}
-    check_links(manifest, manifest_path, hub_root, [e.path for e in manifest.repos if e.path not in plain])
+    escapes = escaping([e for e in manifest.repos if e.path not in plain], hub_root)
     known = {plain.get(e.path) or os.path.realpath(hub_root / e.path) for e in manifest.repos}
-    return [f for f in found if f.real_path not in known]
+    return [f for f in found if f.real_path not in known], escapes

@@ -21,7 +21,7 @@ from car.hub_worker import HubWorker
 from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, clear_stale_lock, inspect_lock, release_lock
 from car.logs import close_logger, make_logger
-from car.manifest import Manifest, add_repos, check_links, read_manifest, save_manifest
+from car.manifest import Manifest, add_repos, escaping, read_manifest, save_manifest
 from car.recovery import reconcile
 from car.runner import RepoRunner
 from car.state import utc_now
@@ -157,11 +157,12 @@ class HubSupervisor:
             except OSError as exc:
                 raise ConfigError(f"{self.layout.config}: hub.repos_root: cannot list {self.config.repos_root} "
                                   f"({exc.strerror}); create it or fix the setting") from exc
-            new = new_repos(found, manifest, path, root)
+            new, escapes = new_repos(found, manifest, root)
             if new:
                 manifest = save_manifest(path, add_repos(manifest, [f.rel_path for f in new]))
                 self.log.info("scan: added %s", ", ".join(e.id for e in manifest.repos[-len(new):]))
             with self._guard:
+                self._listing.escapes = escapes
                 repos = self._listing.restore(manifest)  # a new process, and no repo changed since
             if repos is None:
                 repos = self._judge_all(manifest)
@@ -256,7 +257,7 @@ class HubSupervisor:
     def inspect(self) -> HubSnapshot:
         """`hub status` without the hub lock: hub_cache.bin + each repo's files."""
         self._load()
-        check_links(self._listing.manifest, self.config.manifest_path, self.config.root)
+        self._listing.escapes = escaping(self._listing.manifest.repos, self.config.root)
         info = inspect_lock(self.layout.lock)
         if info.status is LockStatus.LOCKED_ALIVE and info.pid != os.getpid():
             self._listing.foreign_hub = info.pid  # its repos' locks carry its pid: those are running
@@ -281,7 +282,10 @@ class HubSupervisor:
             runner = self._runners.get(repo_id)
             if runner is not None and runner.active:
                 return runner
+            self._check_inside(slot)
             entry = self._listing.entry(slot)
+            if entry.status is _MISSING and entry.error:
+                raise Conflict(f"{repo_id}: {entry.error}")
             if entry.status in NOT_RUNNABLE:
                 raise Conflict(NOT_RUNNABLE[entry.status].format(
                     id=repo_id, path=slot.root, manifest=self.config.manifest_path, error=entry.error))
@@ -328,11 +332,24 @@ class HubSupervisor:
             slot = self._listing.slot(repo_id)
             if self._runner_facts(repo_id)[0]:
                 raise Conflict(f"{repo_id} is running; stop it before init")
+            self._check_inside(slot)
+            gone = self._listing.escapes.get(repo_id)
+        if gone:
+            raise Conflict(f"{repo_id}: {gone}")
         if not slot.root.is_dir():
             raise Conflict(NOT_RUNNABLE[RepoStatus.MISSING].format(
                 id=repo_id, path=slot.root, manifest=self.config.manifest_path, error=None))
         self._init_slot(slot)
         return self.repo(repo_id)
+
+    def _check_inside(self, slot: RepoSlot) -> None:
+        """Look again, right before car works in it, whether the repo's path leaves the hub through a
+        symlink (made since the last scan): the list then says so, and the caller refuses."""
+        gone = escaping([slot.entry], self.config.root).get(slot.id)
+        if gone is not None:
+            self._listing.escapes[slot.id] = gone
+        else:
+            self._listing.escapes.pop(slot.id, None)
 
     def _check_open(self) -> None:
         if self._closed:

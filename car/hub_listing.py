@@ -59,6 +59,7 @@ class RepoListing:
         self._cache: Optional[HubCache] = None  # loaded, and no slot made from it yet
         self._restored: Optional[Tuple[RepoEntry, ...]] = None  # the cache's memo, found true by restore()
         self.foreign_hub: Optional[int] = None  # pid of another process serving this hub (`hub status`)
+        self.escapes: Dict[str, str] = {}  # repo id -> why its path is not followed (manifest.escaping)
         self._generation = 0  # bumped when slots come or go: probes' read counts restart with them
 
     @property
@@ -86,7 +87,7 @@ class RepoListing:
         """The cache's memo as the entries, if no slot is made yet, `manifest` is the one loaded and
         every repo's files stat as the memo says; else None (judge them)."""
         memo = self._cache.memo if self._cache is not None else None
-        if memo is None or manifest is not self.manifest or memo[0] != manifest.sha256:
+        if memo is None or manifest is not self.manifest or memo[0] != manifest.sha256 or self.escapes:
             return None
         _, todo_rels, stamps, rows = memo
         repos = manifest.repos
@@ -150,18 +151,22 @@ class RepoListing:
     def entry(self, slot: RepoSlot) -> RepoEntry:
         """The slot's current entry; rebuilt only when one of the facts it comes from changed."""
         active, runner_error = self._runner_facts(slot.id)
-        files = slot.probe.read()
-        exists = files.initialized or os.path.isdir(slot.root_str)
+        gone = self.escapes.get(slot.id)
+        if gone is None:
+            files = slot.probe.read()
+            exists = files.initialized or os.path.isdir(slot.root_str)
+        else:  # nothing is read through a link out of the hub
+            files, exists = NOT_INITIALIZED, False
         if not exists:
             files = NOT_INITIALIZED
         slot.files = files
         if self.foreign_hub is not None and files.lock_pid == self.foreign_hub:
             active = files.lock_status is LockStatus.LOCKED_ALIVE  # run by the hub serving this root
-        key = (files, exists, active, slot.initializing, slot.init_error, slot.entry, runner_error)
+        key = (files, exists, active, slot.initializing, slot.init_error, slot.entry, runner_error, gone)
         if key != slot.key or slot.cached is None:
             slot.key, slot.cached = key, build_entry(
                 slot.entry, exists, files, initializing=slot.initializing, init_error=slot.init_error,
-                runner_active=active, runner_error=runner_error)
+                runner_active=active, runner_error=runner_error, gone=gone)
         return slot.cached
 
     def entries(self) -> List[RepoEntry]:

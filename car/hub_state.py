@@ -93,10 +93,11 @@ class HubSnapshot:
 
 def build_entry(entry: ManifestEntry, exists: bool, files: RepoFiles, *, initializing: bool = False,
                 init_error: Optional[str] = None, runner_active: bool = False,
-                runner_error: Optional[str] = None) -> RepoEntry:
-    """Judge one repo by DESIGN.md §4 (derive_status) from its files and the hub's own facts."""
-    if not exists:
-        files = NOT_INITIALIZED
+                runner_error: Optional[str] = None, gone: Optional[str] = None) -> RepoEntry:
+    """Judge one repo by DESIGN.md §4 (derive_status) from its files and the hub's own facts;
+    `gone` says why a directory that is there does not count (a symlink out of the hub)."""
+    if not exists or gone:
+        exists, files = False, NOT_INITIALIZED
     run_status = files.run_status
     # a config or state.json that cannot be read says "error" as plainly as a failed run: the repo
     # cannot run as it is, and its entry's error says why
@@ -106,7 +107,7 @@ def build_entry(entry: ManifestEntry, exists: bool, files: RepoFiles, *, initial
     in_run = status in _IN_RUN and run_status == _RUNNING and not files.last_run_finished_at
     return RepoEntry(
         entry.id, entry.path, entry.display_name, entry.enabled, entry.auto_run, status, files.lock_status,
-        init_error or files.error or runner_error, files.last_run_id, files.last_run_started_at,
+        gone or init_error or files.error or runner_error, files.last_run_id, files.last_run_started_at,
         files.last_run_finished_at, files.last_exit_code, files.stop_reason, files.todo_done,
         files.todo_total, files.last_run_id if in_run else None, files.last_run_started_at if in_run else None)
 

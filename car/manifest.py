@@ -241,14 +241,21 @@ def escapes_root(rel: str, hub_root: Path) -> bool:
     return not real.startswith(str(hub_root).rstrip("/") + "/")
 
 
-def check_links(manifest: Manifest, path: Path, hub_root: Path, rels: Optional[Iterable[str]] = None) -> None:
-    """ManifestError for an entry whose path escapes through a symlink; `rels` limits the check."""
-    wanted = None if rels is None else set(rels)
+def check_links(manifest: Manifest, path: Path, hub_root: Path) -> None:
+    """ManifestError for an entry whose path escapes through a symlink (one-shot callers)."""
     for i, entry in enumerate(manifest.repos):
-        if (wanted is None or entry.path in wanted) and escapes_root(entry.path, hub_root):
+        if escapes_root(entry.path, hub_root):
             raise ManifestError(f"{path}: repos[{i}] (id {entry.id!r}): path {entry.path!r} is a symlink "
                                 f"that leaves the hub root {hub_root}; point it at a directory under "
                                 f"the hub root or remove the entry ({NEVER_REWRITTEN})")
+
+
+def escaping(entries: Iterable[ManifestEntry], hub_root: Path) -> Dict[str, str]:
+    """Repo id -> why, for the entries whose path leaves the hub root through a symlink: the hub
+    lists them as missing and never follows them (the other repos go on)."""
+    return {e.id: f"{e.path!r} is a symlink that leaves the hub root {hub_root}; car does not follow it: "
+                  f"move the repo back under the hub root, or remove the entry from the manifest"
+            for e in entries if escapes_root(e.path, hub_root)}
 
 
 def load_manifest(path: Path, hub_root: Path) -> Manifest:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from car.errors import CarError
+from car.errors import CarError, Conflict
 from car.files import write_atomic
 from car.layout import HubLayout, RepoLayout
 from car.logs import make_logger
@@ -157,3 +157,31 @@ def test_a_state_json_with_a_wrong_type_is_one_line_and_listed_as_error(tmp_path
     with started(config) as hub:
         entry = hub.snapshot().get("alpha")
     assert entry.status == "error" and "last_run_id" in entry.error
+
+
+def test_a_repo_turned_into_a_symlink_out_of_the_hub_is_missing_and_never_followed(tmp_path: Path):
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha", "beta")
+    with started(config):
+        pass
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("beta",):
+        shutil.move(str(root / name), str(outside / name))
+        (root / name).symlink_to(outside / name)
+    state = RepoLayout(outside / "beta").state.read_bytes()
+    with started(config) as hub:  # one such entry no longer stops the hub
+        entries = {e.id: e for e in hub.snapshot().repos}
+        assert entries["alpha"].status == "idle"
+        assert entries["beta"].status == "missing" and "symlink that leaves the hub root" in entries["beta"].error
+        with pytest.raises(Conflict, match="symlink that leaves the hub root"):
+            hub.run("beta")
+        shutil.move(str(root / "alpha"), str(outside / "alpha"))  # the same, made while the hub serves
+        (root / "alpha").symlink_to(outside / "alpha")
+        with pytest.raises(Conflict, match="symlink that leaves the hub root"):
+            hub.run("alpha")
+        assert hub.repo("alpha").status == "missing"
+    assert RepoLayout(outside / "beta").state.read_bytes() == state  # no agent ran out there
+    proc = run_car("hub", "status", cwd=root)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

@@ -289,9 +289,10 @@ class FileCursor:
                 rotated = False  # mid-rotation: the new file appears in a moment
             if not rotated:
                 return out
-            self.close()  # the old file is read to its end; go on with the new one from 0
+            self.close()  # the old file is read to its end
             self._flush(out)
-            self._ino, self._pos = None, 0
+            self._read_newer_backups(out)
+            self._ino, self._pos = None, 0  # go on with the new file from 0
 
     def _open(self, out: List[str]) -> bool:
         try:
@@ -299,9 +300,8 @@ class FileCursor:
         except FileNotFoundError:
             return False
         ino = os.fstat(fh.fileno()).st_ino
-        if self._ino is not None and ino != self._ino:
-            self._finish_rotated(out)  # rotated since the mark: read the rest of the backup
-            self._flush(out)
+        if self._ino is not None and ino != self._ino:  # rotated since the mark
+            self._read_newer_backups(out, rest_of_old=True)
             self._ino, self._pos = None, 0
         if self._ino is None:
             self._ino, self._pos = ino, 0
@@ -311,15 +311,28 @@ class FileCursor:
         self._fh = fh
         return True
 
-    def _finish_rotated(self, out: List[str]) -> None:
-        backup = Path(f"{self.path}.1")
-        try:
-            with open(backup, "rb") as fh:
-                if os.fstat(fh.fileno()).st_ino == self._ino:
-                    fh.seek(self._pos)
+    def _read_newer_backups(self, out: List[str], rest_of_old: bool = False) -> None:
+        """The file we read (self._ino) was rotated away, maybe more than once since: deliver what
+        the backups newer than it hold (and, with rest_of_old, its own rest), oldest first."""
+        backups: List[Tuple[Path, int]] = []
+        while True:  # x.log.1 is the newest backup; however many the writer keeps
+            backup = Path(f"{self.path}.{len(backups) + 1}")
+            try:
+                backups.append((backup, os.stat(backup).st_ino))
+            except FileNotFoundError:
+                break
+        at = next((i for i, (_, ino) in enumerate(backups) if ino == self._ino), None)
+        reads = [(path, 0) for path, _ in backups[:at]]  # all of them if ours is gone too
+        if rest_of_old and at is not None:
+            reads.append((backups[at][0], self._pos))
+        for path, start in reversed(reads):
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(start)
                     self._take(fh.read(), out)
-        except FileNotFoundError:
-            pass
+            except FileNotFoundError:  # rotated out while we read: gone for everyone
+                pass
+            self._flush(out)
 
     def _flush(self, out: List[str]) -> None:
         """A file that ended without a newline: its last line is complete all the same."""

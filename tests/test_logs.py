@@ -102,3 +102,38 @@ def test_file_cursor_catches_up_from_its_mark_across_a_rotation(tmp_path: Path) 
     assert missing.read_new() == [] and missing.tail(5) == []
     (tmp_path / "none.log").write_text("first\n")
     assert missing.read_new() == ["first"]
+
+
+def test_file_cursor_misses_no_line_when_the_log_rotated_twice_between_reads(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "x.log", max_bytes=1, backup_count=5, name="car.test.rotate-twice")
+    cursor = FileCursor(log.path)
+    cursor.mark(cursor.position())
+    log.write("before")
+    assert cursor.read_new()[-1].endswith(" before")
+    for run in (1, 2, 3):  # each run's end rolls the log over: two whole files pass unseen
+        log.start_run(run)
+        log.write("work", run)
+        log.end_run(run, "code 0")
+    log.write("after")
+    seen = [line.split(" ", 1)[1] for line in cursor.read_new()]
+    assert seen == [f(run) for run in (1, 2, 3) for f in (
+        lambda r: f"=== run {r} start ===", lambda r: f"[run {r}] work", lambda r: f"=== run {r} end (code 0) ===")
+    ] + ["after"]
+    cursor.close()
+    log.close()
+
+
+def test_file_cursor_catches_up_from_its_mark_across_two_rotations(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("a\n")
+    cursor = FileCursor(log)
+    cursor.mark(cursor.position())
+    with log.open("a") as fh:
+        fh.write("b\n")
+    log.rename(tmp_path / "x.log.1")
+    log.write_text("c\n")
+    (tmp_path / "x.log.1").rename(tmp_path / "x.log.2")
+    log.rename(tmp_path / "x.log.1")
+    log.write_text("d\n")
+    assert cursor.read_new() == ["b", "c", "d"]
+    cursor.close()

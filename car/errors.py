@@ -44,9 +44,9 @@ class AgentError(CarError):
 
 
 class StateError(CarError):
-    """A state file on disk cannot be read; it is left as it is."""
+    """A state file on disk cannot be read; it is left as it is (until fixed, the repo cannot run)."""
 
-    code = "state_error"
+    http_status, code = 409, "state_error"
 
 
 class ManifestError(CarError):

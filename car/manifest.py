@@ -33,7 +33,8 @@ Row = Tuple[Any, Any, Any, Any, Optional[Dict[str, Any]]]
 # the checked manifest read from the bytes of this sha256: (sha256, top-level extra keys, rows)
 ManifestCache = Tuple[str, Dict[str, Any], List[Row]]
 _EMPTY_REPOS = re.compile(r"^repos:[ \t]*\[\][ \t]*\n?\Z", re.MULTILINE)  # `hub init`'s last line
-NEVER_REWRITTEN = "fix the file by hand (car never rewrites a manifest it cannot read)"
+NOT_REWRITTEN = "car never rewrites a manifest it cannot read"
+NEVER_REWRITTEN = f"fix the file by hand ({NOT_REWRITTEN})"
 
 
 class ManifestEntry(NamedTuple):
@@ -203,7 +204,7 @@ def _checked(row: Row, i: int, path: Path, hub_root: Path) -> Row:
                             f"hub root, got {rel!r}; {NEVER_REWRITTEN}")
     if not _RESERVED.isdisjoint(normal.split("/")):
         raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path {rel!r} goes into a {CAR_DIR} or .git "
-                            f"directory, which holds no repo; point it at the repo itself ({NEVER_REWRITTEN})")
+                            f"directory, which holds no repo; point it at the repo itself by hand ({NOT_REWRITTEN})")
     if type(enabled) is not bool or type(auto_run) is not bool:
         key, value = ("enabled", enabled) if type(enabled) is not bool else ("auto_run", auto_run)
         raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): {key}: expected true or false, got "
@@ -220,7 +221,7 @@ def _no_duplicates(rows: Sequence[Row], path: Path) -> None:
         if repo_id in ids or rel in paths:
             what, key, seen = ("id", repo_id, ids) if repo_id in ids else ("path", rel, paths)
             raise ManifestError(f"{path}: repos[{i}]: {what} {key!r} is also used by repos[{seen[key]}]; "
-                                f"give each entry its own {what} ({NEVER_REWRITTEN})")
+                                f"give each entry its own {what} by hand ({NOT_REWRITTEN})")
         ids[repo_id] = paths[rel] = i
 
 
@@ -247,7 +248,7 @@ def check_links(manifest: Manifest, path: Path, hub_root: Path) -> None:
         if escapes_root(entry.path, hub_root):
             raise ManifestError(f"{path}: repos[{i}] (id {entry.id!r}): path {entry.path!r} is a symlink "
                                 f"that leaves the hub root {hub_root}; point it at a directory under "
-                                f"the hub root or remove the entry ({NEVER_REWRITTEN})")
+                                f"the hub root or remove the entry by hand ({NOT_REWRITTEN})")
 
 
 def escaping(entries: Iterable[ManifestEntry], hub_root: Path) -> Dict[str, str]:

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from car import git
-from car.config import HubConfig, RepoConfig, default_data, default_text, load_config, parse_config
+from car.config import (
+    HubConfig,
+    RepoConfig,
+    default_data,
+    default_text,
+    load_config,
+    parse_config,
+    read_config_text,
+)
 from car.docs import DocKind
 from car.errors import ConfigError, InitError, UsageError
 from car.files import dump_yaml, write_atomic
@@ -70,7 +78,7 @@ def _write_config(layout: RepoLayout, force: bool, report: InitReport) -> None:
         write_atomic(path, default_text("repo"))
         report.note(path, "created")
         return
-    text = path.read_text(encoding="utf-8")
+    text = read_config_text(path)
     import yaml  # here, as in car.config: hub commands import this module, and most never parse YAML
 
     try:

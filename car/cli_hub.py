@@ -94,7 +94,7 @@ def cmd_hub_status(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
-    """Start the supervisor, then serve the API and page (car.web) until SIGINT/SIGTERM."""
+    """Bind the port, start the supervisor, then serve the API and page (car.web) until SIGINT/SIGTERM."""
     import threading  # like the hub modules: only `hub serve` loads them
 
     from car.signals import on_stop_signals
@@ -112,18 +112,20 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
         web.check_bind(host, allow_remote)  # a refused bind exits before anything starts
     stop = threading.Event()
     hub = _supervisor(config)
+
+    def start_hub() -> None:
+        hub.start()
+        snapshot = hub.snapshot()
+        _note(f"hub at {config.root}: {len(snapshot.repos)} repos, "
+              f"{sum(r.status.value == 'running' for r in snapshot.repos)} running")
+
     with on_stop_signals(stop.set):  # from before the hub's start: a signal then still shuts it down
         try:
-            hub.start()
-            snapshot = hub.snapshot()
-            _note(f"hub at {config.root}: {len(snapshot.repos)} repos, "
-                  f"{sum(r.status.value == 'running' for r in snapshot.repos)} running")
-            if stop.is_set():
-                pass  # asked to end while starting
-            elif web is not None:
+            if web is not None:  # the hub starts once the socket is bound: a busy port starts no repo
                 web.serve_hub(hub, host, port, allow_remote=allow_remote, base_path=base_path,
-                              ready=web.print_ready, stop=stop)
+                              ready=web.print_ready, stop=stop, listening=start_hub)
             else:
+                start_hub()
                 _note("no web server in this build; the supervisor runs until Ctrl-C")
                 stop.wait()
         finally:

@@ -6,15 +6,26 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from car.config import HubConfig, find_config, load_config
+from car.config import MAX_PORT, HubConfig, find_config, load_config
 
 SERVE_HELP = "serve this repo's web page and JSON API (at a hub root: the hub's)"
+
+
+def port_number(text: str) -> int:
+    """--port's type: a bad one is argparse's usage error (exit 2), not an OverflowError at bind."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_PORT}, got '{text}'") from None
+    if not 0 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_PORT}, got {port}")
+    return port
 
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
     """--host/--port/--allow-remote/--base-path; None means: take it from the config."""
     p.add_argument("--host", default=None, help="address to listen on (default: server.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: server.port, 4173; 0 = any free)")
+    p.add_argument("--port", type=port_number, default=None, help="port (default: server.port, 4173; 0 = any free)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --host; every request then needs the printed token")
     p.add_argument("--base-path", default=None, metavar="PATH",
@@ -55,12 +66,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     base_path = args.base_path if args.base_path is not None else config.server.base_path
     check_bind(host, args.allow_remote)  # exit 2 before anything else happens
-    reconcile(config)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="car-loop")
     runner = RepoRunner(config, executor)
-    try:
+    try:  # reconcile once the port is ours: a busy port changes nothing on disk
         serve_repo(runner, host, port, allow_remote=args.allow_remote, base_path=base_path,
-                   ready=print_ready)
+                   ready=print_ready, listening=lambda: reconcile(config))
     finally:
         runner.close()  # ends a running agent's group and records the run (DESIGN §3 shutdown)
         executor.shutdown(wait=True)

@@ -36,7 +36,7 @@ def render_repo_usage(report: UsageReport, runs_path: Path) -> List[str]:
 def render_hub_usage(report: HubUsageReport) -> List[str]:
     width = max([len(e.repo_id) for e in report.repos] + [4])
     lines = [f"{e.repo_id:<{width}}  runs {len(e.report.runs):<4} {render_tokens(e.report.total)}"
-             for e in report.repos]
+             + (f"  (not counted: {e.error})" if e.error else "") for e in report.repos]
     lines.append(f"{'all':<{width}}  runs {sum(len(e.report.runs) for e in report.repos):<4} "
                  f"{render_tokens(report.total)}")
     return lines

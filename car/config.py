@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ DEFAULT_CODEX_ARGS = ["exec", "--dangerously-bypass-approvals-and-sandbox", "--j
 # a config changed this recently may change again within the same timestamp tick, unseen by its
 # stat: its parse is not cached
 RACY_NS = 1_000_000_000
+# the largest number of seconds a setting takes: far above any sane wait, far below what
+# Event.wait() and the clock arithmetic accept (1e10 overflows them after the first run)
+MAX_SECONDS = 366 * 24 * 3600
+MAX_PORT = 65535
+# a field's metadata "max" is the largest value the checker accepts (numbers are >= 0 anyway)
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,12 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    sleep_seconds: float = 5
+    sleep_seconds: float = field(default=5, metadata={"max": MAX_SECONDS})
     stop_after_runs: Optional[int] = None
-    max_wallclock_seconds: Optional[float] = None
-    kill_grace_seconds: float = 10
-    run_timeout_seconds: Optional[float] = 14400
-    idle_timeout_seconds: Optional[float] = 1800
+    max_wallclock_seconds: Optional[float] = field(default=None, metadata={"max": MAX_SECONDS})
+    kill_grace_seconds: float = field(default=10, metadata={"max": MAX_SECONDS})
+    run_timeout_seconds: Optional[float] = field(default=14400, metadata={"max": MAX_SECONDS})
+    idle_timeout_seconds: Optional[float] = field(default=1800, metadata={"max": MAX_SECONDS})
     no_progress_runs: Optional[int] = 3
 
 
@@ -63,7 +69,7 @@ class GitConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = 4173
+    port: int = field(default=4173, metadata={"max": MAX_PORT})
     base_path: str = ""
 
 
@@ -71,7 +77,7 @@ class ServerConfig:
 class LogConfig:
     path: str = f"{CAR_DIR}/codex-autorunner.log"
     max_bytes: int = 10_000_000
-    backup_count: int = 3
+    backup_count: int = field(default=3, metadata={"max": 1000})  # each backup is a file looked for
 
 
 @dataclass(frozen=True)
@@ -170,24 +176,49 @@ def load_config(path: Path, *, clock_ns: Callable[[], int] = time.time_ns) -> An
     never loads PyYAML (pure Python, ~20 ms to import and parse). Validation runs every time."""
     stamp = file_stamp(path)  # before the read: an edit during it changes the stamp, so it is never cached
     cached = _read_cache(path, stamp)
+    config: Optional[AnyConfig] = None
     if cached is not None:
         try:
-            return parse_config(cached["data"], path)
+            config = parse_config(cached["data"], path)
         except ConfigError:
             pass  # parse the YAML after all: then the error names the line
-    data, node = _parse_yaml(path)
-    config = parse_config(data, path, node)
-    if stamp is not None and clock_ns() - stamp[-1] >= RACY_NS:  # stamp[-1]: the file's ctime
-        _write_cache(path, stamp, data)
+    if config is None:
+        data, node = _parse_yaml(path)
+        config = parse_config(data, path, node)
+        if stamp is not None and clock_ns() - stamp[-1] >= RACY_NS:  # stamp[-1]: the file's ctime
+            _write_cache(path, stamp, data)
+    return _check_log_path(config, path)
+
+
+def _check_log_path(config: AnyConfig, path: Path) -> AnyConfig:
+    """A log path that can never be a file (a directory, or under a file) is a one-line error here,
+    where it is named, and the hub lists the repo as error; loading a config creates nothing (the
+    logger makes a missing directory, and names the log if it cannot)."""
+    log_path, key = config.log_path, "hub.log.path" if isinstance(config, HubConfig) else "log.path"
+    if log_path.is_dir():
+        raise ConfigError(f"{path}: {key}: {log_path} is a directory; set {key} to a file in it")
+    above = next((p for p in log_path.parents if p.exists()), None)  # the nearest part that is there
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"{path}: {key}: cannot create the directory of {log_path} ({above} is a file); "
+                          f"set {key} to a path in a writable directory")
     return config
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text; unreadable or not UTF-8 is a ConfigError naming the file and the byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save the file as UTF-8") from None
 
 
 def _parse_yaml(path: Path) -> Tuple[Any, Any]:
     """The file's data and its YAML node tree (for line numbers; None for an untouched file)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    text = read_config_text(path)
     for mode in _SECTIONS:
         if text == default_text(mode):  # an untouched config: skip the (pure-Python, slow) YAML parse
             return {"mode": mode}, None
@@ -263,16 +294,18 @@ class _Checker:
         for key in data:
             if key not in names:
                 self.warnings.append(f"{self.path}: unknown key {'.'.join([*keys, str(key)])} (kept, not used)")
-        defaults = {f.name: f.default_factory for f in dataclasses.fields(cls)
-                    if f.default_factory is not dataclasses.MISSING}  # type: ignore[misc]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         out = {}
         for name in names:
             if name in data:
-                default = defaults[name]() if name in defaults else None
-                out[name] = self.convert(hints[name], data[name], [*keys, name], default)
+                factory = fields[name].default_factory
+                default = factory() if factory is not dataclasses.MISSING else None  # type: ignore[misc]
+                out[name] = self.convert(hints[name], data[name], [*keys, name], default,
+                                         fields[name].metadata.get("max"))
         return out
 
-    def convert(self, hint: Any, value: Any, keys: list[str], default: Any = None) -> Any:
+    def convert(self, hint: Any, value: Any, keys: list[str], default: Any = None,
+                most: Optional[int] = None) -> Any:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if origin is Union:
             if value is None and type(None) in args:
@@ -295,10 +328,16 @@ class _Checker:
         if hint is int:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise self.error(keys, "expected a whole number >= 0", value)
+            if most is not None and value > most:
+                raise self.error(keys, f"expected a whole number from 0 to {most}", value)
             return value
         if hint is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise self.error(keys, "expected a number >= 0", value)
+            # .inf/.nan are YAML floats: a nan wait never ends, an infinite one overflows the clock
+            if (isinstance(value, float) and not math.isfinite(value)) or (most is not None and value > most):
+                raise self.error(keys, f"expected a number from 0 to {most}" if most is not None
+                                 else "expected a finite number >= 0", value)
             return float(value)
         if hint is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Optional, Tuple
 
 from car.codex_events import TokenUsage
 from car.config import RepoConfig
+from car.errors import CarError, StateError
 from car.files import read_jsonl
 from car.layout import RepoLayout
 
@@ -47,13 +48,16 @@ class UsageReport:
 
 @dataclass(frozen=True)
 class HubUsageEntry:
+    """One repo's totals; `error` says why its runs could not be read (then it counts zero)."""
+
     repo_id: str
     report: UsageReport
+    error: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.report
         return {"id": self.repo_id, "path": str(r.root), "run_count": len(r.runs),
-                "runs_with_usage": r.runs_with_usage, "total": r.total.to_json()}
+                "runs_with_usage": r.runs_with_usage, "total": r.total.to_json(), "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,12 @@ def sum_usage(usages: Iterable[Optional[TokenUsage]]) -> TokenUsage:
 
 
 def load_usage(root: Path) -> UsageReport:
-    """Read `root`'s runs.jsonl (missing file: no runs)."""
-    runs = parse_runs(read_jsonl(RepoLayout(root).runs))
+    """Read `root`'s runs.jsonl (missing file: no runs); an unreadable one is a StateError."""
+    path = RepoLayout(root).runs
+    try:
+        runs = parse_runs(read_jsonl(path))
+    except OSError as exc:  # .codex-autorunner is a file, runs.jsonl a directory, no permission
+        raise StateError(f"cannot read {path} ({exc.strerror or exc})") from None
     return UsageReport(root=root, runs=runs, total=sum_usage(r.usage for r in runs))
 
 
@@ -103,9 +111,17 @@ def repo_usage(config: RepoConfig) -> UsageReport:
 
 
 def hub_usage(repos: Iterable[Tuple[str, Path]]) -> HubUsageReport:
-    """Sum over (repo id, repo root) pairs; a repo without runs.jsonl counts as zero."""
-    entries = tuple(HubUsageEntry(repo_id, load_usage(root)) for repo_id, root in repos)
+    """Sum over (repo id, repo root) pairs; a repo without runs.jsonl counts as zero, and so does
+    one whose runs cannot be read (its entry says why): one broken repo never hides the others."""
+    entries = tuple(_hub_entry(repo_id, root) for repo_id, root in repos)
     return HubUsageReport(repos=entries, total=sum_usage(e.report.total for e in entries))
+
+
+def _hub_entry(repo_id: str, root: Path) -> HubUsageEntry:
+    try:
+        return HubUsageEntry(repo_id, load_usage(root))
+    except CarError as exc:
+        return HubUsageEntry(repo_id, UsageReport(root=root, runs=(), total=TokenUsage()), str(exc))
 
 
 def _is_int(value: Any) -> bool:

@@ -95,6 +95,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "car"
     timeout = 30  # an idle keep-alive or a stuck SSE reader frees its thread after this
+    # a request line that does not parse keeps this version; the base class's default, HTTP/0.9,
+    # would make every reply (400 included) a bare body without status line or headers
+    default_request_version = "HTTP/1.0"
     disable_nagle_algorithm = True  # SSE lines and small answers go out at once
 
     @property
@@ -142,7 +145,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.command in STATE_CHANGING:
             self._check_origin()
         body = self._read_body()
-        handler, params = resolve(app.routes, self.command, path)
+        # HEAD is GET without the body (_send and _stream leave it out); DESIGN names no HEAD routes
+        handler, params = resolve(app.routes, "GET" if self.command == "HEAD" else self.command, path)
         return handler(Request(self.command, path, query, self.headers, body), **params)
 
     # guards -----------------------------------------------------------------------------
@@ -236,6 +240,8 @@ class Handler(BaseHTTPRequestHandler):
                             ("X-Accel-Buffering", "no"), ("X-Content-Type-Options", "nosniff")):
             self.send_header(name, value)
         self.end_headers()
+        if self.command == "HEAD":
+            return
 
         def write(data: bytes) -> None:
             self.wfile.write(data)

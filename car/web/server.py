@@ -9,6 +9,7 @@ import re
 import secrets
 import socket
 import socketserver
+import sys
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -92,6 +93,14 @@ class CarServer(ThreadingHTTPServer):
         self.app = app
         super().__init__(address, Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection's failure goes to the server's log; the base class prints it to stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # the client left or stalled
+            self.app.log.info("web: %s: %s", client_address[0], exc)
+        else:  # a bug: its traceback belongs in the log
+            self.app.log.exception("web: connection from %s failed", client_address[0])
+
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # HTTPServer's getfqdn() may wait on DNS
         self.server_name, self.server_port = self.server_address[0], self.server_address[1]
@@ -110,7 +119,7 @@ def make_server(routes: List[Route], host: str, port: int, *, log: logging.Logge
         app.max_body_bytes = max_body_bytes
     try:
         server = CarServer((host.strip("[]"), port), app)
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
         raise CarError(CANNOT_LISTEN.format(host=host, port=port, reason=exc.strerror or exc)) from exc
     app.hosts = host_names(host.strip("[]"), server.server_address[1], allow_remote)
     return server
@@ -188,36 +197,50 @@ def wait_for_signal(stop: Optional[threading.Event] = None) -> None:
 
 def _serve(routes: List[Route], host: str, port: int, log: logging.Logger, token_path: Path,
            allow_remote: bool, base_path: str, ready: Optional[Callable[[Running], None]],
-           stop: Optional[threading.Event], heartbeat_seconds: float) -> None:
+           stop: Optional[threading.Event], heartbeat_seconds: float,
+           listening: Optional[Callable[[], None]]) -> None:
     check_bind(host, allow_remote)
-    running = start_in_thread(routes, host, port, log=log, token_path=token_path,
-                              allow_remote=allow_remote, base_path=base_path,
-                              streams=Streams(heartbeat_seconds))
+    token = load_token(token_path) if allow_remote else None
+    server = make_server(routes, host, port, log=log, allow_remote=allow_remote, token=token,
+                         base_path=base_path, streams=Streams(heartbeat_seconds))
     try:
-        (ready or print_ready)(running)
-        wait_for_signal(stop)
+        if listening is not None:  # bound, not serving yet: a busy port has failed before this work
+            listening()
+    except BaseException:
+        server.server_close()
+        raise
+    running = Running(server, token_path)
+    try:
+        if stop is None or not stop.is_set():  # not asked to end during `listening`
+            (ready or print_ready)(running)
+            wait_for_signal(stop)
     finally:
         running.close()
 
 
 def serve_repo(runner: Any, host: str, port: int, allow_remote: bool = False, base_path: str = "",
                ready: Optional[Callable[[Running], None]] = None,
-               stop: Optional[threading.Event] = None, heartbeat_seconds: float = 15.0) -> None:
-    """Serve one repo's API at /api and the page until SIGINT/SIGTERM; the caller owns `runner`."""
+               stop: Optional[threading.Event] = None, heartbeat_seconds: float = 15.0,
+               listening: Optional[Callable[[], None]] = None) -> None:
+    """Serve one repo's API at /api and the page until SIGINT/SIGTERM; the caller owns `runner`.
+
+    `listening` runs once the socket is bound, before the first request is served."""
     config = runner.config
     layout = RepoLayout(config.root)
     log = make_logger(f"car.web.{config.root}", layout.web_log, config.log.backup_count,
                       max_bytes=config.log.max_bytes, stamped=True)
     try:
         _serve(repo_routes("/api", lambda: runner), host, port, log, layout.token, allow_remote,
-               base_path, ready, stop, heartbeat_seconds)
+               base_path, ready, stop, heartbeat_seconds, listening)
     finally:
         close_logger(log)
 
 
 def serve_hub(hub: Any, host: str, port: int, allow_remote: bool = False, base_path: str = "",
               ready: Optional[Callable[[Running], None]] = None,
-              stop: Optional[threading.Event] = None, heartbeat_seconds: float = 15.0) -> None:
-    """Serve the hub until SIGINT/SIGTERM; the caller owns hub.start() and hub.shutdown()."""
+              stop: Optional[threading.Event] = None, heartbeat_seconds: float = 15.0,
+              listening: Optional[Callable[[], None]] = None) -> None:
+    """Serve the hub until SIGINT/SIGTERM; the caller owns hub.shutdown(), and hub.start() goes in
+    `listening` (run once the socket is bound), so a port in use fails before any repo starts."""
     _serve(hub_routes(hub), host, port, hub.log, HubLayout(hub.config.root).token, allow_remote,
-           base_path, ready, stop, heartbeat_seconds)
+           base_path, ready, stop, heartbeat_seconds, listening)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from car.errors import AgentError
 
@@ -127,20 +127,21 @@ def pids_with_token(token: str) -> List[int]:
     """Processes whose environment carries the run's marker (Linux /proc; elsewhere none)."""
     if not token or not sys.platform.startswith("linux"):
         return []
-    needle = f"{TOKEN_VAR}={token}".encode()
-    found = []
-    me = os.getpid()
+    needle, me = f"{TOKEN_VAR}={token}".encode(), os.getpid()
+    return [pid for pid, env in _proc_files("environ") if pid != me and needle in env.split(b"\0")]
+
+
+def _proc_files(name: str) -> Iterator[Tuple[int, bytes]]:
+    """(pid, the bytes of /proc/<pid>/<name>) for every process whose file can be read."""
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                env = fh.read()
-        except OSError:
+            with open(f"/proc/{entry.name}/{name}", "rb") as fh:
+                data = fh.read()
+        except OSError:  # gone meanwhile, or not ours to read
             continue
-        if needle in env.split(b"\0"):
-            found.append(int(entry.name))
-    return found
+        yield int(entry.name), data
 
 
 def sweep_token(token: str, grace_seconds: float = SWEEP_GRACE_SECONDS, rounds: int = 3) -> None:
@@ -184,7 +185,23 @@ def end_run_elsewhere(pgid: Optional[int], token: Optional[str], grace_seconds: 
         sweep_token(token)
 
 
+def group_members(pgid: int) -> List[int]:
+    """The live processes of group `pgid`, zombies left out (Linux /proc; elsewhere none)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    found = []
+    for pid, raw in _proc_files("stat"):
+        fields = raw[raw.rindex(b")") + 2:].split()  # state, ppid, pgrp, ... (the name may hold ')')
+        if fields[0] != b"Z" and int(fields[2]) == pgid:
+            found.append(pid)
+    return found
+
+
 def _group_alive(pgid: int) -> bool:
+    if sys.platform.startswith("linux"):
+        # killpg(0) also counts zombies: an orphan's are reaped by init whenever it gets to them,
+        # and by none at all under a pid 1 that does not reap; waiting on those waits out the grace
+        return bool(group_members(pgid))
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):

@@ -117,7 +117,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from car.recovery import reconcile
 
     config = repo_config(args)
-    reconcile(config)
+    # a dead loop's agent may still run: it is ended first, or this would start a second one
+    reconcile(config, on_orphan=lambda orphan: print(f"car: {orphan.describe()}"))
     if clear_stale_lock(RepoLayout(config.root).lock):
         print("car: cleared the stale lock")
     return _run_in_foreground(config, once=args.once)
@@ -136,10 +137,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from car.runner import kill_elsewhere
+    from car.runner import kill_elsewhere, kill_orphan
 
+    config = repo_config(args)
+    orphan = kill_orphan(config)  # a loop killed -9 (or crashed) left its agent running
+    if orphan is not None:
+        print(f"car: {orphan.describe()}; `car resume` continues the loop")
+        return 0
     try:
-        info = kill_elsewhere(repo_config(args))
+        info = kill_elsewhere(config)
     except Conflict as exc:
         print(f"car: {exc}")
         return 0
@@ -153,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from car.repo_view import view_repo
 
     config = repo_config(args)
-    if reconcile(config):
+    if reconcile(config, on_orphan=lambda orphan: _warn(orphan.describe())):
         _warn("the last run's owner died; its run is now closed as interrupted")
     view = view_repo(config)
     if args.json:

@@ -22,7 +22,7 @@ from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, clear_stale_lock, inspect_lock, release_lock
 from car.logs import close_logger, make_logger
 from car.manifest import Manifest, add_repos, escaping, read_manifest, save_manifest
-from car.recovery import reconcile
+from car.recovery import OrphanedRun, reconcile
 from car.runner import RepoRunner
 from car.state import utc_now
 from car.status import LockStatus, RepoStatus, RunStatus
@@ -209,12 +209,16 @@ class HubSupervisor:
             return False
         try:
             config = load_config(RepoLayout(slot.root).config)
-            if isinstance(config, RepoConfig) and reconcile(config):
+            note = partial(self._note_orphan, slot.id)
+            if isinstance(config, RepoConfig) and reconcile(config, on_orphan=note):
                 self.log.warning("%s: the last run's owner died; closed it as interrupted", slot.id)
                 return True
         except CarError as exc:
             self.log.warning("%s: cannot close its interrupted run: %s", slot.id, exc)
         return False
+
+    def _note_orphan(self, repo_id: str, orphan: OrphanedRun) -> None:
+        self.log.warning("%s: %s", repo_id, orphan.describe())
 
     def _init_slot(self, slot: RepoSlot, publish: bool = True) -> None:
         with self._guard:

@@ -22,6 +22,7 @@ class LockInfo:
     started_at: Optional[str] = None
     agent_pgid: Optional[int] = None
     run_token: Optional[str] = None
+    agent_started: Optional[str] = None  # the group leader's start time: see recovery.find_orphan
 
 
 def process_start_time(pid: int) -> Optional[str]:
@@ -68,6 +69,7 @@ def inspect_lock(path: Path) -> LockInfo:
         started_at=data.get("started_at"),
         agent_pgid=data.get("agent_pgid"),
         run_token=data.get("run_token"),
+        agent_started=data.get("agent_started"),
     )
 
 
@@ -84,7 +86,7 @@ def acquire_lock(path: Path) -> LockInfo:
     """Create the lock for this process or raise LockError naming the holder."""
     pid = os.getpid()
     body = {"pid": pid, "pid_started": process_start_time(pid), "started_at": utc_now(),
-            "host": os.uname().nodename, "agent_pgid": None, "run_token": None}
+            "host": os.uname().nodename, "agent_pgid": None, "run_token": None, "agent_started": None}
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -99,11 +101,16 @@ def acquire_lock(path: Path) -> LockInfo:
 
 
 def update_lock(path: Path, agent_pgid: Optional[int], run_token: Optional[str]) -> None:
-    """Record the current agent's group and run marker, so `car kill` elsewhere can reach it."""
+    """Record the current agent's group and run marker, so `car kill` elsewhere can reach it.
+
+    The leader's start time goes with them: if this process dies, the group id alone cannot
+    prove, later, that a group of that id is still this run's (recovery.find_orphan)."""
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("pid") != os.getpid():
         return
-    data.update(agent_pgid=agent_pgid, run_token=run_token)
+    started = process_start_time(agent_pgid) if agent_pgid else None
+    data.update(agent_pgid=agent_pgid, run_token=run_token,
+                agent_started=started if started != "zombie" else None)
     write_json(path, data, durable=False)  # no fsync: a crash ends its owner, so the lock is stale anyway
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Executor, Future
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from car.agent import end_run_elsewhere, resolve_binary
 from car.config import RepoConfig, load_config
@@ -16,7 +16,7 @@ from car.files import write_atomic
 from car.layout import RepoLayout
 from car.lock import LockInfo, clear_stale_lock, inspect_lock, lock_held_message
 from car.logs import open_run_log
-from car.recovery import reconcile
+from car.recovery import OrphanedRun, reconcile
 from car.repo_view import RepoView, view_repo
 from car.status import LockStatus, StopReason
 
@@ -33,6 +33,14 @@ def stop_elsewhere(config: RepoConfig) -> LockInfo:
     info = _live_lock(config, "stop")
     write_atomic(RepoLayout(config.root).stop, "stop\n")
     return info
+
+
+def kill_orphan(config: RepoConfig) -> Optional[OrphanedRun]:
+    """End what a loop that died without cleanup left of its run, and close that run; None when
+    no dead loop left anything running (a live one is kill_elsewhere's)."""
+    orphans: List[OrphanedRun] = []
+    reconcile(config, on_orphan=orphans.append)  # ends the orphan, then closes its run
+    return orphans[0] if orphans else None
 
 
 def kill_elsewhere(config: RepoConfig) -> LockInfo:
@@ -70,12 +78,14 @@ class RepoRunner:
 
     def start(self, once: bool = False) -> None:
         """Start the loop; Conflict if running here, LockError if another process holds the lock."""
+        # outside the guard: ending a dead loop's orphan may take the kill grace, and the hub's
+        # listing waits on the guard (`active`); a loop running here holds a live lock: a no-op
+        reconcile(self.config, on_orphan=self._note_orphan)
         with self._guard:
             if self._future is not None and not self._future.done():
                 raise Conflict(f"{self.config.root.name} is already running")
             self._reload_config()
             resolve_binary(self.config.codex.binary, self.config.root)
-            reconcile(self.config)
             info = inspect_lock(self.layout.lock)
             if info.status is not LockStatus.UNLOCKED:
                 raise LockError(lock_held_message(self.layout.lock, info))
@@ -96,8 +106,9 @@ class RepoRunner:
         self.config = config
 
     def resume(self, once: bool = False) -> None:
-        """Close an interrupted run, clear a stale lock (never a live one), and start."""
-        reconcile(self.config)
+        """End what a dead loop left running, close its run, clear its stale lock (never a live
+        one), and start."""
+        reconcile(self.config, on_orphan=self._note_orphan)
         clear_stale_lock(self.layout.lock)
         self.start(once=once)
 
@@ -113,6 +124,11 @@ class RepoRunner:
         engine = self._current_engine()
         if engine is not None:
             engine.kill(StopReason.KILLED)
+            return
+        orphan = kill_orphan(self.config)
+        if orphan is not None:
+            self._note_orphan(orphan)
+            self._on_change()
             return
         kill_elsewhere(self.config)
 
@@ -142,6 +158,9 @@ class RepoRunner:
             if self._future is not None and not self._future.done():
                 return self._engine
             return None
+
+    def _note_orphan(self, orphan: OrphanedRun) -> None:
+        self._errors.warning("%s: %s", self.config.root, orphan.describe())
 
     def _on_done(self, future: Future) -> None:
         exc = None if future.cancelled() else future.exception()

@@ -1,4 +1,4 @@
-"""SIGINT/SIGTERM for the foreground commands (car run, serve, hub serve)."""
+"""SIGINT/SIGTERM/SIGHUP for the foreground commands (car run, serve, hub serve)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Tuple
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP is a closed terminal or a dropped SSH session. Left at its default it ends car at once
+# (rc 129) with no cleanup, and the agent, in a session of its own, runs on: so it stops car as
+# SIGTERM does.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _DONE = 0  # no signal has number 0: the byte that ends the relay
 
 
 @contextmanager
 def on_stop_signals(callback: Callable[[], None]) -> Iterator[None]:
-    """Call `callback`, from a thread of this context, on SIGINT/SIGTERM while inside; the old
-    handlers come back after. Outside the main thread no handler can be set: a no-op.
+    """Call `callback`, from a thread of this context, on SIGINT/SIGTERM/SIGHUP while inside; the
+    old handlers come back after. Outside the main thread no handler can be set: a no-op.
 
     Nothing of car runs in the handler. A Python handler runs in the main thread between two
     bytecodes, maybe while the main thread holds the very lock the callback needs (an Event's,
@@ -44,7 +47,7 @@ def on_stop_signals(callback: Callable[[], None]) -> Iterator[None]:
         previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         try:
             # a Python handler, so that the C one writes the number to the pipe; the work is the relay's
-            previous = {sig: signal.signal(sig, _noted) for sig in STOP_SIGNALS}
+            previous = {sig: signal.signal(sig, _noted) for sig in _signals_to_catch()}
             try:
                 yield
             finally:
@@ -58,6 +61,13 @@ def on_stop_signals(callback: Callable[[], None]) -> Iterator[None]:
         thread.join()
         os.close(read_end)
         os.close(write_end)
+
+
+def _signals_to_catch() -> Tuple[int, ...]:
+    """STOP_SIGNALS, but a SIGHUP that came ignored stays ignored: that is what `nohup car hub
+    serve &` asks for, so that the hub outlives the terminal it was started from."""
+    return tuple(sig for sig in STOP_SIGNALS
+                 if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN))
 
 
 def _noted(_signum: int, _frame: object) -> None:

@@ -9,6 +9,8 @@ import sys
 import textwrap
 import threading
 
+import pytest
+
 from car.signals import on_stop_signals
 
 from support import PROJECT
@@ -75,3 +77,28 @@ def test_a_signal_reaches_the_callback_and_the_context_leaves_nothing_behind():
     assert signal.getsignal(signal.SIGTERM) is before_handler
     assert signal.set_wakeup_fd(-1) == -1  # and none was left set
     assert threading.active_count() == before_threads
+
+
+# SIGHUP is a closed terminal or a dropped SSH session: it stops car as SIGTERM does. Under nohup it
+# comes ignored, and stays so: `nohup car hub serve &` is meant to outlive its terminal.
+HANGUP = textwrap.dedent("""
+    import os, signal, sys, threading
+    from car.signals import on_stop_signals
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN if sys.argv[1] == "nohup" else signal.SIG_DFL)
+    calls = []
+    called = threading.Event()
+    with on_stop_signals(lambda: (calls.append(1), called.set())):
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the SIGHUP: its byte, if any, is relayed first
+        assert called.wait(10), "no signal reached the callback"
+    # the relay is joined: every byte it got is handled
+    print(len(calls), signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)
+""")
+
+
+@pytest.mark.parametrize("how, expected", [("plain", "2 False\n"), ("nohup", "1 True\n")])
+def test_sighup_stops_like_sigterm_unless_it_came_ignored(how: str, expected: str):
+    done = subprocess.run([sys.executable, "-c", HANGUP, how], cwd=PROJECT, capture_output=True, text=True,
+                          timeout=30)
+    assert (done.returncode, done.stdout) == (0, expected), done.stderr[-2000:]

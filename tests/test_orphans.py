@@ -1,0 +1,335 @@
+"""A loop that dies without cleanup (kill -9, crash, OOM) leaves its agent running: whatever finds
+its stale lock ends that orphan first (car kill, car status, car resume, the hub), and never signals
+a group the lock's numbers no longer name. All real processes, every wait bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import pytest
+
+from car.agent import TOKEN_VAR
+from car.config import load_config
+from car.layout import RepoLayout
+from car.lock import LockInfo, inspect_lock, process_start_time
+from car.recovery import end_orphaned_run, find_orphan, reconcile
+from car.state import RepoState, load_state, save_state
+from car.status import LockStatus
+
+from hub_fixtures import agent_repos, make_hub, started, wait_status
+from support import (
+    FAKE_AGENT,
+    car_cmd,
+    car_env,
+    pid_alive,
+    read_pids,
+    run_car,
+    update_config,
+    wait_until,
+)
+
+# An agent for the run that follows an orphan: it notes which of PROBE_PIDS are alive as it starts.
+# Any pid in PROBE_OUT means two agents ran at once.
+PROBE_AGENT = textwrap.dedent("""
+    import os, sys
+    sys.stdin.read()
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    pids = [int(p) for p in os.environ["PROBE_PIDS"].split()]
+    with open(os.environ["PROBE_OUT"], "w") as fh:
+        fh.write(" ".join(str(p) for p in pids if alive(p)) + "\\n")
+    print("probe: done", flush=True)
+""")
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="orphans are found through /proc")
+
+
+def default_sighup() -> None:
+    """In the child before exec: SIGHUP at its default, even if pytest itself runs under nohup."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def start_car(repo: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(car_cmd(*args), cwd=repo, env=car_env(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sighup)
+
+
+def wait_for_agent(repo: Path, pidfile: Path) -> Tuple[List[int], LockInfo]:
+    """The hanging agent's pid and its child's, once the lock records the agent's group and token."""
+    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 20, "agent and child")
+    info = wait_until(lambda: (lambda i: i if i.run_token else None)(inspect_lock(RepoLayout(repo).lock)), 10,
+                      "the lock to record the agent")
+    return pids, info
+
+
+@pytest.fixture
+def orphaned(repo: Path, tmp_path: Path) -> Iterator[Tuple[List[int], LockInfo]]:
+    """`car run` killed -9 mid-run: its hanging agent and the agent's child run on."""
+    pidfile = tmp_path / "pids"
+    car = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
+    try:
+        try:
+            pids, info = wait_for_agent(repo, pidfile)
+        finally:
+            car.kill()
+            car.communicate(timeout=30)
+        assert all(pid_alive(p) for p in pids), "the agent died with car: nothing to test"
+        assert info.agent_pgid == pids[0]
+        assert inspect_lock(RepoLayout(repo).lock).status is LockStatus.LOCKED_STALE
+        yield pids, info
+    finally:
+        kill_left(read_pids(pidfile))
+
+
+def kill_left(pids: List[int]) -> None:
+    for pid in pids:  # only if a test failed: never leave a hanging process behind
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def use_probe_agent(repo: Path, tmp_path: Path, pids: List[int]) -> Tuple[Path, dict]:
+    probe, out = tmp_path / "probe_agent.py", tmp_path / "probe.out"
+    probe.write_text(PROBE_AGENT)
+    update_config(repo, codex={"binary": sys.executable, "args": [str(probe)]})
+    return out, {"PROBE_PIDS": " ".join(map(str, pids)), "PROBE_OUT": str(out)}
+
+
+def log_text(repo: Path) -> str:
+    return (repo / ".codex-autorunner" / "codex-autorunner.log").read_text()
+
+
+# the CLI after `car run` was killed -9 ----------------------------------------------------------
+def test_kill_ends_the_orphaned_agent_and_its_child(repo: Path, orphaned) -> None:
+    pids, info = orphaned
+    killed = run_car("kill", cwd=repo)
+    assert killed.returncode == 0, killed.stderr
+    assert killed.stdout.splitlines() == [
+        f"car: the loop's owner (pid {info.pid}) died and left its run going; ended 2 process(es) of that "
+        f"run (agent group {pids[0]}); `car resume` continues the loop"]
+    assert not any(pid_alive(p) for p in pids)
+    state = load_state(RepoLayout(repo).state)
+    assert (state.status, state.stop_reason) == ("error", "interrupted")  # and its run is closed
+    assert "ended 2 process(es) of that run" in log_text(repo)
+    assert log_text(repo).rstrip().endswith("=== run 1 end (interrupted) ===")
+    again = run_car("kill", cwd=repo)
+    assert (again.returncode, again.stdout) == (0, f"car: no loop is running in {repo}; nothing to kill\n")
+
+
+def test_resume_ends_the_orphan_before_it_starts_a_new_agent(repo: Path, orphaned, tmp_path: Path) -> None:
+    pids, info = orphaned
+    out, probe_env = use_probe_agent(repo, tmp_path, pids)
+    resumed = run_car("resume", "--once", cwd=repo, env=car_env(**probe_env))
+    assert resumed.returncode == 0, resumed.stderr
+    lines = resumed.stdout.splitlines()
+    assert lines[0].startswith(f"car: the loop's owner (pid {info.pid}) died and left its run going; ended 2")
+    assert lines[1] == "car: cleared the stale lock"
+    assert out.read_text() == "\n", f"the new agent started while the orphan ran: {out.read_text()}"
+    assert not any(pid_alive(p) for p in pids)
+    assert load_state(RepoLayout(repo).state).last_run_id == 2
+
+
+def test_status_ends_the_orphan_before_it_closes_the_run(repo: Path, orphaned) -> None:
+    pids, info = orphaned
+    status = run_car("status", "--json", cwd=repo)
+    assert status.returncode == 0, status.stderr
+    assert status.stderr.splitlines() == [
+        f"car: warning: the loop's owner (pid {info.pid}) died and left its run going; ended 2 process(es) "
+        f"of that run (agent group {pids[0]})",
+        "car: warning: the last run's owner died; its run is now closed as interrupted"]
+    assert not any(pid_alive(p) for p in pids)
+    data = json.loads(status.stdout)
+    assert (data["state_status"], data["stop_reason"], data["lock_status"]) == ("error", "interrupted",
+                                                                                "locked_stale")
+
+
+def test_run_refuses_the_stale_lock_but_ends_the_orphan_first(repo: Path, orphaned) -> None:
+    pids, _ = orphaned
+    again = run_car("run", cwd=repo)
+    assert again.returncode == 1 and "stale lock" in again.stderr
+    assert not any(pid_alive(p) for p in pids)
+
+
+# SIGHUP ------------------------------------------------------------------------------------------
+def test_sighup_ends_the_agent_and_records_the_run_like_sigterm(repo: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    car = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
+    try:
+        pids, _ = wait_for_agent(repo, pidfile)
+        car.send_signal(signal.SIGHUP)
+        out, _ = car.communicate(timeout=30)
+        alive = [p for p in pids if pid_alive(p)]
+    finally:
+        if car.poll() is None:
+            car.kill()
+            car.communicate(timeout=30)
+        kill_left(read_pids(pidfile))
+    assert car.returncode == 0 and "loop ended: killed" in out, out
+    assert alive == []
+    layout = RepoLayout(repo)
+    assert not layout.lock.exists()
+    state = load_state(layout.state)
+    assert (state.status, state.stop_reason, state.runner_pid) == ("idle", "killed", None)
+    assert "=== run 1 end (code" in log_text(repo)
+
+
+def test_closing_the_terminal_of_car_run_ends_its_agent(repo: Path, tmp_path: Path) -> None:
+    """The real thing: car run on a terminal of its own, whose far end then goes away."""
+    import fcntl
+    import pty
+    import termios
+
+    pidfile = tmp_path / "pids"
+    terminal, tty = pty.openpty()
+
+    def take_the_terminal() -> None:  # after setsid: car leads a session, and this is its terminal
+        default_sighup()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    car = subprocess.Popen(car_cmd("run"), cwd=repo, env=car_env(FAKE_AGENT_MODE="hang",
+                                                                 FAKE_AGENT_PIDFILE=str(pidfile)),
+                           stdin=tty, stdout=tty, stderr=tty, start_new_session=True,
+                           preexec_fn=take_the_terminal)
+    os.close(tty)
+    try:
+        pids, _ = wait_for_agent(repo, pidfile)
+        os.close(terminal)  # the terminal window closes: the kernel hangs up car's session
+        car.wait(timeout=30)
+        alive = [p for p in pids if pid_alive(p)]
+    finally:
+        if car.poll() is None:
+            car.kill()
+            car.wait(timeout=30)
+        kill_left(read_pids(pidfile))
+    # not its exit code: its last line goes to a terminal that is gone (EIO), after the cleanup
+    assert car.returncode != -signal.SIGHUP, "car died of the hangup without ending its agent"
+    assert alive == []
+    assert not RepoLayout(repo).lock.exists()
+    assert load_state(RepoLayout(repo).state).stop_reason == "killed"
+
+
+# which group is the run's ------------------------------------------------------------------------
+def spawn_orphan(tmp_path: Path, token: str = "", **env: str) -> Tuple[subprocess.Popen, List[int]]:
+    """The fake agent, hanging with a child, in a session of its own; `token` as its run marker."""
+    pidfile = tmp_path / f"orphan-{token or 'none'}"
+    env = dict(os.environ, FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile), **env)
+    if token:
+        env[TOKEN_VAR] = token
+    proc = subprocess.Popen([sys.executable, str(FAKE_AGENT)], env=env, start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=tmp_path)
+    return proc, wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 20, "orphan + child")
+
+
+def dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def write_stale_lock(repo: Path, agent_pgid: int, token: str, agent_started: Optional[str] = None) -> None:
+    RepoLayout(repo).lock.write_text(json.dumps({
+        "pid": dead_pid(), "pid_started": "1", "started_at": "then", "agent_pgid": agent_pgid,
+        "run_token": token, "agent_started": agent_started}))
+
+
+def reap(proc: subprocess.Popen, pids: List[int]) -> None:
+    kill_left(pids)
+    proc.wait(timeout=10)
+
+
+def test_a_group_whose_id_was_reused_is_never_signalled(repo: Path, tmp_path: Path) -> None:
+    """After a reboot the recorded group id may name a stranger's group: no marker, another start."""
+    stranger, pids = spawn_orphan(tmp_path)
+    try:
+        write_stale_lock(repo, stranger.pid, "aa" * 12, agent_started="1")
+        assert find_orphan(inspect_lock(RepoLayout(repo).lock)) == (None, [])
+        killed = run_car("kill", cwd=repo)
+        assert killed.returncode == 0 and "nothing to kill" in killed.stdout
+        assert all(pid_alive(p) for p in pids)
+    finally:
+        reap(stranger, pids)
+
+
+def test_the_leaders_start_time_proves_a_group_whose_members_lost_the_marker(repo: Path, tmp_path: Path) -> None:
+    agent, pids = spawn_orphan(tmp_path)  # no marker: as if the agent had cleared its environment
+    try:
+        write_stale_lock(repo, agent.pid, "bb" * 12, agent_started=process_start_time(agent.pid))
+        orphan = end_orphaned_run(load_config(RepoLayout(repo).config))
+        assert orphan is not None and (orphan.pgid, sorted(orphan.pids)) == (agent.pid, sorted(pids))
+        assert not any(pid_alive(p) for p in pids)
+    finally:
+        reap(agent, pids)
+
+
+def test_a_live_owner_is_never_signalled_by_recovery(repo: Path, tmp_path: Path) -> None:
+    token = "cc" * 12
+    agent, pids = spawn_orphan(tmp_path, token)
+    try:
+        lock = RepoLayout(repo).lock
+        lock.write_text(json.dumps({"pid": os.getpid(), "pid_started": process_start_time(os.getpid()),
+                                    "agent_pgid": agent.pid, "run_token": token}))
+        save_state(RepoLayout(repo).state, RepoState(status="running", last_run_id=1))
+        config = load_config(RepoLayout(repo).config)
+        assert end_orphaned_run(config) is None and not reconcile(config)
+        assert all(pid_alive(p) for p in pids)
+    finally:
+        reap(agent, pids)
+
+
+# the hub ---------------------------------------------------------------------------------------
+def test_hub_resume_ends_the_orphan_of_a_dead_owner_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha")
+    repo = root / "alpha"
+    token = "dd" * 12
+    agent, pids = spawn_orphan(tmp_path, token)
+    try:
+        write_stale_lock(repo, agent.pid, token)
+        # an older car closed the run but left the agent: the hub's scan has no run to close
+        save_state(RepoLayout(repo).state, RepoState(status="error", last_run_id=1, stop_reason="interrupted"))
+        out, probe_env = use_probe_agent(repo, tmp_path, pids)
+        for key, value in probe_env.items():
+            monkeypatch.setenv(key, value)
+        with started(config) as hub:
+            assert hub.repo("alpha").lock_status.value == "locked_stale"
+            assert all(pid_alive(p) for p in pids)
+            hub.resume("alpha", once=True)
+            entry = wait_status(hub, "alpha", "idle")
+            assert entry.last_run_id == 2 and entry.lock_status.value == "unlocked"
+        assert out.read_text() == "\n", f"the new agent started while the orphan ran: {out.read_text()}"
+        assert not any(pid_alive(p) for p in pids)
+        assert "died and left its run going; ended 2 process(es)" in config.log_path.read_text()
+    finally:
+        reap(agent, pids)
+
+
+def test_a_hub_started_after_a_crash_ends_the_orphan_before_closing_its_run(tmp_path: Path):
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha")
+    repo = root / "alpha"
+    token = "ee" * 12
+    agent, pids = spawn_orphan(tmp_path, token)
+    try:
+        write_stale_lock(repo, agent.pid, token)
+        save_state(RepoLayout(repo).state, RepoState(status="running", last_run_id=1))
+        with started(config) as hub:
+            entry = hub.repo("alpha")
+            assert (entry.stop_reason, entry.lock_status.value) == ("interrupted", "locked_stale")
+            assert not any(pid_alive(p) for p in pids)
+        assert "alpha: the loop's owner" in config.log_path.read_text()
+    finally:
+        reap(agent, pids)

@@ -19,6 +19,7 @@ from car.errors import CarError, ConfigError, Conflict, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.status import LockStatus, StopReason
 
+VERSION_SECONDS = 5  # `codex --version` answers in ~50 ms; an agent that hangs on it must not hang doctor
 NO_CONFIG = ("no {car}/{cfg} in {where} or any parent directory; run `car init` in the repo's root "
              "(or pass --repo PATH)")
 WRONG_MODE_REPO_CMD = ("`car {cmd}` is a repo command, but {path} is a hub config (mode: hub); "
@@ -244,15 +245,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _agent_version(binary: str) -> Optional[str]:
+    """`binary --version`'s first line, or None; an agent that does not answer within
+    VERSION_SECONDS is ended with everything it started (its own session: a child holding the
+    pipe would otherwise keep doctor waiting for ever)."""
+    import signal
     import subprocess
 
+    from car.agent import signal_group
+
     try:
-        out = subprocess.run([binary, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=20, text=True)
-    except (OSError, subprocess.TimeoutExpired):
+        proc = subprocess.Popen([binary, "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+    except OSError:
         return None
-    lines = (out.stdout or out.stderr).strip().splitlines()
-    return lines[0] if out.returncode == 0 and lines else None
+    try:
+        stdout, stderr = proc.communicate(timeout=VERSION_SECONDS)
+    except subprocess.TimeoutExpired:
+        signal_group(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    lines = (stdout or stderr).strip().splitlines()
+    return lines[0] if proc.returncode == 0 and lines else None
 
 
 # parser ------------------------------------------------------------------------------

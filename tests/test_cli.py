@@ -14,9 +14,12 @@ from car.config import RACY_NS, load_config
 from car.layout import RepoLayout
 
 from support import (
+    FAKE_AGENT,
     car_cmd,
     car_env,
+    hang_agent,
     make_git_repo,
+    make_repo,
     pid_alive,
     read_pids,
     run_car,
@@ -212,3 +215,20 @@ def test_repo_commands_load_only_what_they_need(repo: Path, command: str, unwant
     assert "car.cli" in modules, out.stdout + out.stderr
     unwanted = ("yaml", "car.bootstrap", "car.hub", "car.runner", "car.usage", "car.web", *unwanted)
     assert not [name for name in unwanted if name in modules]
+
+
+def test_doctor_does_not_wait_on_an_agent_that_hangs_on_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`--version` of an agent that ignores it and hangs (with a child holding its output): doctor
+    gives up after VERSION_SECONDS and leaves none of it running."""
+    pidfile = hang_agent(monkeypatch, tmp_path)
+    repo = make_repo(tmp_path / "repo")
+    agent = repo / "agent.sh"  # the fake agent itself as the binary: it takes --version for a prompt
+    agent.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_AGENT} \"$@\"\n")
+    agent.chmod(0o755)
+    update_config(repo, codex={"binary": str(agent), "args": []})
+    began = time.monotonic()
+    proc = run_car("doctor", cwd=repo, timeout=30)
+    assert time.monotonic() - began < 20 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"agent {agent}" in proc.stdout
+    pids = read_pids(pidfile)
+    assert len(pids) == 2 and wait_until(lambda: not any(pid_alive(p) for p in pids), 10, "the agent ended")

@@ -269,6 +269,13 @@ def _agent_version(binary: str) -> Optional[str]:
 
 
 # parser ------------------------------------------------------------------------------
+def _line_count(text: str) -> int:
+    """--tail's type: a whole number >= 0 (argparse turns the error into a usage line, exit 2)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
+    return int(text)
+
+
 def _add(commands: argparse._SubParsersAction, name: str, func: Callable, help: str) -> argparse.ArgumentParser:
     p = commands.add_parser(name, help=help, description=help)
     p.add_argument("--repo", type=Path, default=argparse.SUPPRESS,
@@ -298,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(commands, "log", cmd_log, "print the run log")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--run", type=int, metavar="N", help="print run N (searches rotated logs too)")
-    which.add_argument("--tail", type=int, metavar="N", default=50, help="print the last N lines (default 50)")
+    which.add_argument("--tail", type=_line_count, metavar="N", default=50, help="print the last N lines (default 50)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     _add(commands, "doctor", cmd_doctor, "check config, docs, agent binary, git and lock")
     add_usage_command(commands)

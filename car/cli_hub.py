@@ -139,7 +139,8 @@ def _last_run(entry: RepoEntry) -> str:
         return f"#{entry.current_run_id} running since {entry.current_run_started_at}"
     if entry.last_run_id is None:
         return "-"
-    return f"#{entry.last_run_id} exit {entry.last_exit_code} at {entry.last_run_finished_at or '?'}"
+    how = f"exit {entry.last_exit_code}" if entry.last_exit_code is not None else entry.stop_reason or "no exit code"
+    return f"#{entry.last_run_id} {how} at {entry.last_run_finished_at or '?'}"
 
 
 def render_table(snapshot: HubSnapshot) -> List[str]:

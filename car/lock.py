@@ -77,7 +77,7 @@ def lock_held_message(path: Path, info: LockInfo) -> str:
     if info.status is LockStatus.LOCKED_STALE:
         who = f"dead pid {info.pid}" if info.pid else "an unreadable owner"
         return (f"{path} is a stale lock left by {who}; "
-                f"run `car resume` to clear it and continue")
+                f"run `car resume` (under a hub: Resume on its page) to clear it and continue")
     return (f"{path} is held by pid {info.pid} (running since {info.started_at}); "
             f"stop it with `car stop` or wait for it")
 

@@ -232,3 +232,9 @@ def test_doctor_does_not_wait_on_an_agent_that_hangs_on_version(tmp_path: Path, 
     assert f"agent {agent}" in proc.stdout
     pids = read_pids(pidfile)
     assert len(pids) == 2 and wait_until(lambda: not any(pid_alive(p) for p in pids), 10, "the agent ended")
+
+
+def test_a_negative_tail_is_a_usage_error(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    proc = run_car("log", "--tail", "-5", cwd=repo)
+    assert proc.returncode == 2 and "expected a whole number >= 0" in proc.stderr and "Traceback" not in proc.stderr

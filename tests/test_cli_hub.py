@@ -204,3 +204,16 @@ def test_serve_without_the_web_layer_runs_the_supervisor_until_a_signal(
     assert "no web server in this build" in err and "1 repos" in err
     assert not HubLayout(root).lock.exists() and (root / "alpha" / CAR_DIR / "config.yml").is_file()
 
+
+
+def test_hub_status_says_how_a_run_without_exit_code_ended(tmp_path: Path):
+    root = tmp_path / "hub"
+    make_hub(root)
+    agent_repos(root, "alpha")
+    RepoLayout(root / "alpha").state.write_text(json.dumps({
+        "status": "error", "last_run_id": 3, "last_exit_code": None, "stop_reason": "interrupted",
+        "last_run_started_at": "2026-11-24T10:00:00.000Z", "last_run_finished_at": "2026-11-24T10:01:00.000Z"}))
+    assert run_car("hub", "scan", cwd=root).returncode == 0
+    table = run_car("hub", "status", cwd=root)
+    assert table.returncode == 0 and "#3 interrupted at 2026-11-24T10:01:00.000Z" in table.stdout, table.stdout
+    assert "exit None" not in table.stdout

@@ -57,8 +57,8 @@ class AgentProcess:
             t.start()
 
     @classmethod
-    def spawn(cls, argv: List[str], cwd: Path, prompt_path: Path) -> AgentProcess:
-        token = os.urandom(12).hex()  # what secrets.token_hex does, without its imports
+    def spawn(cls, argv: List[str], cwd: Path, prompt_path: Path, token: Optional[str] = None) -> AgentProcess:
+        token = token or new_token()
         env = dict(os.environ, **{TOKEN_VAR: token})
         with prompt_path.open("rb") as stdin:  # a file: no argv limit, and EOF so exec never waits
             try:
@@ -113,6 +113,11 @@ class AgentProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(5)
         sweep_token(self.token, grace_seconds=0)
+
+
+def new_token() -> str:
+    """A run's marker, put in its agent's environment (what secrets.token_hex does, without its imports)."""
+    return os.urandom(12).hex()
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from car import git
-from car.agent import AgentProcess, Event, resolve_binary
+from car.agent import AgentProcess, Event, new_token, resolve_binary
 from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
 from car.docs import DocKind, TodoCounts, parse_todos
@@ -260,9 +260,14 @@ class Engine:
                    wall_deadline: Optional[float]) -> tuple:
         cfg = self.config
         argv = [resolve_binary(cfg.codex.binary, cfg.root), *cfg.codex.args]
+        token = new_token()
+        # the marker goes into the lock before the agent exists: should car die right after the
+        # spawn, a later kill, resume or status still finds the run's processes by it
+        update_lock(self.layout.lock, None, token)
         try:
-            agent = self._spawn(argv, cfg.root, self.layout.rendered_prompt)
+            agent = self._spawn(argv, cfg.root, self.layout.rendered_prompt, token)
         except Exception as exc:  # reported in the run, and the loop stops on it
+            update_lock(self.layout.lock, None, None)
             self.log.write(f"car: {exc}", run_id)
             return StopReason.AGENT_FAILED, 127
         with self._guard:

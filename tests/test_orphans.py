@@ -15,8 +15,9 @@ from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
-from car.agent import TOKEN_VAR
+from car.agent import TOKEN_VAR, AgentProcess
 from car.config import load_config
+from car.engine import Engine
 from car.layout import RepoLayout
 from car.lock import LockInfo, inspect_lock, process_start_time
 from car.recovery import end_orphaned_run, find_orphan, reconcile
@@ -28,6 +29,7 @@ from support import (
     FAKE_AGENT,
     car_cmd,
     car_env,
+    make_repo,
     pid_alive,
     read_pids,
     run_car,
@@ -333,3 +335,17 @@ def test_a_hub_started_after_a_crash_ends_the_orphan_before_closing_its_run(tmp_
         assert "alpha: the loop's owner" in config.log_path.read_text()
     finally:
         reap(agent, pids)
+
+
+def test_the_run_marker_is_in_the_lock_before_the_agent_exists(tmp_path: Path):
+    """Should car die right after the spawn, before it records the agent, the marker already
+    in the lock still lets a later kill, resume or status find the run's processes."""
+    repo = make_repo(tmp_path / "repo")
+    seen: List[Tuple[str, Optional[str]]] = []
+
+    def spawn(argv: List[str], cwd: Path, prompt: Path, token: str) -> AgentProcess:
+        seen.append((token, inspect_lock(RepoLayout(repo).lock).run_token))
+        return AgentProcess.spawn(argv, cwd, prompt, token)
+
+    Engine(load_config(RepoLayout(repo).config), spawn=spawn).run_loop(once=True)
+    assert len(seen) == 1 and seen[0][0] and seen[0][0] == seen[0][1]

@@ -13,6 +13,8 @@ from car.files import write_json
 from car.state import utc_now
 from car.status import LockStatus
 
+MAX_PID = 2 ** 22  # Linux's pid_max ceiling: a larger "pid" was never written by car
+
 
 @dataclass(frozen=True)
 class LockInfo:
@@ -55,22 +57,30 @@ def is_alive(pid: int, pid_started: Optional[str] = None) -> bool:
 def inspect_lock(path: Path) -> LockInfo:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        pid = int(data["pid"])
+        pid = data["pid"]
     except FileNotFoundError:
         return LockInfo(LockStatus.UNLOCKED)
-    except (ValueError, KeyError, TypeError):
-        # half-written or hand-edited: nobody can own it, so it reads as stale
+    except (OSError, ValueError, KeyError, TypeError):
+        # unreadable, half-written or hand-edited: nobody can own it, so it reads as stale
+        return LockInfo(LockStatus.LOCKED_STALE)
+    if type(pid) is not int or not 0 < pid <= MAX_PID:
         return LockInfo(LockStatus.LOCKED_STALE)
     alive = is_alive(pid, data.get("pid_started"))
+    pgid = data.get("agent_pgid")
     return LockInfo(
         LockStatus.LOCKED_ALIVE if alive else LockStatus.LOCKED_STALE,
         pid=pid,
-        pid_started=data.get("pid_started"),
-        started_at=data.get("started_at"),
-        agent_pgid=data.get("agent_pgid"),
-        run_token=data.get("run_token"),
-        agent_started=data.get("agent_started"),
+        pid_started=_text(data.get("pid_started")),
+        started_at=_text(data.get("started_at")),
+        # a group or marker car cannot have written is no group to signal or marker to sweep
+        agent_pgid=pgid if type(pgid) is int and 1 < pgid <= MAX_PID else None,
+        run_token=_text(data.get("run_token")),
+        agent_started=_text(data.get("agent_started")),
     )
+
+
+def _text(value: object) -> Optional[str]:
+    return value if isinstance(value, str) else None
 
 
 def lock_held_message(path: Path, info: LockInfo) -> str:
@@ -132,4 +142,6 @@ def clear_stale_lock(path: Path) -> bool:
         path.unlink()
     except FileNotFoundError:
         return False
+    except OSError as exc:  # a directory in its place, or a read-only .codex-autorunner/
+        raise LockError(f"{path}: cannot remove the stale lock ({exc.strerror}); remove it by hand") from exc
     return True

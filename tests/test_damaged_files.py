@@ -185,3 +185,24 @@ def test_a_repo_turned_into_a_symlink_out_of_the_hub_is_missing_and_never_follow
     assert RepoLayout(outside / "beta").state.read_bytes() == state  # no agent ran out there
     proc = run_car("hub", "status", cwd=root)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("lock", ['{"pid": 99999999999999}', '{"pid": 1e400}', '{"pid": "12"}', "[1]",
+                                  '{"pid": 999999, "agent_pgid": "abc", "run_token": [1]}',
+                                  '{"pid": 999999, "agent_pgid": -1}', "directory"])
+def test_a_lock_car_did_not_write_reads_as_stale_and_every_command_says_so_in_one_line(tmp_path: Path, lock: str):
+    repo = make_repo(tmp_path / "repo")
+    path = RepoLayout(repo).lock
+    if lock == "directory":
+        path.mkdir()
+    else:
+        path.write_text(lock)
+    for command in ("status", "stop", "kill", "once"):
+        proc = run_car(command, cwd=repo)
+        assert "Traceback" not in proc.stderr, (command, proc.stderr)
+    assert "stale" in run_car("status", cwd=repo).stdout
+    proc = run_car("resume", "--once", cwd=repo)
+    if lock == "directory":
+        one_line_error(proc, str(path), "remove it by hand")
+    else:
+        assert proc.returncode == 0 and not path.exists(), proc.stderr

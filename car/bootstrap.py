@@ -101,7 +101,10 @@ def _write_config(layout: RepoLayout, force: bool, report: InitReport) -> None:
     merged = _merge(default_data("repo"), user if isinstance(user, dict) else {})
     parse_config(merged, path)  # a wrong type stays an error: we don't silently replace values
     new_text = dump_yaml(merged)
-    if new_text != text:
+    if new_text != text:  # rewritten from its data: comments and layout go, so the file is kept
+        backup = path.with_name(path.name + ".bak")
+        write_atomic(backup, text)
+        report.note(backup, "your version saved as")
         write_atomic(path, new_text)
         report.note(path, "completed with defaults (your values kept)")
     else:

@@ -8,6 +8,7 @@ import yaml
 from car.bootstrap import init_repo
 from car.config import load_config
 from car.errors import ConfigError, InitError
+from car.layout import RepoLayout
 from car.prompt import DEFAULT_TEMPLATE
 
 from support import make_git_repo
@@ -97,3 +98,14 @@ def test_unwritable_file_is_an_init_error_naming_it(tmp_path: Path) -> None:
     (root / ".codex-autorunner" / "prompt.txt").mkdir(parents=True)
     with pytest.raises(InitError, match=r"cannot initialize .*prompt.txt"):
         init_repo(root)
+
+
+def test_force_keeps_a_copy_of_a_config_it_rewrites(tmp_path: Path) -> None:
+    root = make_git_repo(tmp_path / "repo")
+    init_repo(root)
+    config = RepoLayout(root).config
+    text = "# my notes on this repo\nversion: 2\nmode: repo\nrunner:\n  sleep_seconds: 1  # fast\n"
+    config.write_text(text)
+    init_repo(root, force=True)
+    assert config.with_name("config.yml.bak").read_text() == text  # comments and all
+    assert "sleep_seconds: 1" in config.read_text() and "kill_grace_seconds" in config.read_text()

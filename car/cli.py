@@ -63,6 +63,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     from car.bootstrap import describe_git, init_repo
 
     root = Path(args.repo or Path.cwd()).resolve()
+    above = find_config(root.parent) if args.repo is None and not (root / CAR_DIR).exists() else None
+    if above is not None and _is_repo_config(above):  # (a hub's child is set up on its own, of course)
+        raise UsageError(f"{root} is inside the repo {above.parent.parent}, which car already set up; run "
+                         f"`car init` there, or `car init --repo {root}` to set up this directory on its own")
     report = init_repo(root, force=args.force, git_init=args.git_init)
     for action in report.actions:
         print(action)
@@ -71,6 +75,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         _warn(warning)
     print(f"initialized {root}; edit {CAR_DIR}/TODO.md, then `car run`")
     return 0
+
+
+def _is_repo_config(path: Path) -> bool:
+    try:
+        return isinstance(load_config(path), RepoConfig)
+    except CarError:
+        return False
 
 
 def _run_in_foreground(config: RepoConfig, once: bool) -> int:

@@ -238,3 +238,23 @@ def test_a_negative_tail_is_a_usage_error(tmp_path: Path):
     repo = make_repo(tmp_path / "repo")
     proc = run_car("log", "--tail", "-5", cwd=repo)
     assert proc.returncode == 2 and "expected a whole number >= 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_init_in_a_subdirectory_of_a_car_repo_is_a_usage_error(tmp_path: Path):
+    repo = make_repo(tmp_path / "repo")
+    sub = repo / "src" / "deep"
+    sub.mkdir(parents=True)
+    proc = run_car("init", cwd=sub)
+    assert proc.returncode == 2 and "already set up" in proc.stderr and "--repo" in proc.stderr, proc.stderr
+    assert not (sub / ".codex-autorunner").exists()
+    assert run_car("init", "--repo", str(sub), cwd=sub).returncode == 0  # on purpose, it is allowed
+    assert (sub / ".codex-autorunner" / "config.yml").is_file()
+
+
+def test_init_in_a_child_of_a_hub_sets_up_the_child(tmp_path: Path):
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    assert run_car("hub", "init", cwd=hub).returncode == 0
+    child = make_git_repo(hub / "child")
+    assert run_car("init", cwd=child).returncode == 0
+    assert (child / ".codex-autorunner" / "config.yml").is_file()

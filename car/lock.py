@@ -97,7 +97,6 @@ def acquire_lock(path: Path) -> LockInfo:
     pid = os.getpid()
     body = {"pid": pid, "pid_started": process_start_time(pid), "started_at": utc_now(),
             "host": os.uname().nodename, "agent_pgid": None, "run_token": None, "agent_started": None}
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -105,6 +104,9 @@ def acquire_lock(path: Path) -> LockInfo:
         if info.status is LockStatus.UNLOCKED:  # vanished between the two calls
             return acquire_lock(path)
         raise LockError(lock_held_message(path, info)) from None
+    except OSError as exc:  # a read-only .codex-autorunner/, or none (car never makes it here)
+        raise LockError(f"{path}: cannot create the lock ({exc.strerror}); fix the permissions of "
+                        f"{path.parent}, or run `car init` if it is missing") from exc
     with os.fdopen(fd, "w") as fh:
         json.dump(body, fh)
     return inspect_lock(path)

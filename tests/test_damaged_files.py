@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from car.errors import CarError, Conflict
+from car.errors import CarError, Conflict, LockError
 from car.files import write_atomic
 from car.layout import HubLayout, RepoLayout
+from car.lock import acquire_lock
 from car.logs import make_logger
 
 from hub_fixtures import agent_repos, make_hub, started, wait_status
@@ -206,3 +207,10 @@ def test_a_lock_car_did_not_write_reads_as_stale_and_every_command_says_so_in_on
         one_line_error(proc, str(path), "remove it by hand")
     else:
         assert proc.returncode == 0 and not path.exists(), proc.stderr
+
+
+def test_a_lock_that_cannot_be_created_is_one_line_and_creates_nothing(tmp_path: Path):
+    gone = tmp_path / "repo" / ".codex-autorunner" / "lock"
+    with pytest.raises(LockError, match="cannot create the lock"):
+        acquire_lock(gone)
+    assert not (tmp_path / "repo").exists()  # no directory made for a repo that is not there

@@ -56,9 +56,6 @@ PROBE_AGENT = textwrap.dedent("""
     print("probe: done", flush=True)
 """)
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="orphans are found through /proc")
-
-
 def default_sighup() -> None:
     """In the child before exec: SIGHUP at its default, even if pytest itself runs under nohup."""
     signal.signal(signal.SIGHUP, signal.SIG_DFL)

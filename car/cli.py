@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from car import __version__
-from car.cli_serve import add_serve_command
+from car.cli_serve import add_serve_command, whole_number
 from car.cli_usage import add_usage_command
 from car.config import AnyConfig, HubConfig, RepoConfig, find_config, load_config
 from car.errors import CarError, ConfigError, Conflict, UsageError
@@ -280,13 +280,6 @@ def _agent_version(binary: str) -> Optional[str]:
 
 
 # parser ------------------------------------------------------------------------------
-def _line_count(text: str) -> int:
-    """--tail's type: a whole number >= 0 (argparse turns the error into a usage line, exit 2)."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
-    return int(text)
-
-
 def _add(commands: argparse._SubParsersAction, name: str, func: Callable, help: str) -> argparse.ArgumentParser:
     p = commands.add_parser(name, help=help, description=help)
     p.add_argument("--repo", type=Path, default=argparse.SUPPRESS,
@@ -316,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(commands, "log", cmd_log, "print the run log")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--run", type=int, metavar="N", help="print run N (searches rotated logs too)")
-    which.add_argument("--tail", type=_line_count, metavar="N", default=50, help="print the last N lines (default 50)")
+    which.add_argument("--tail", type=whole_number(), metavar="N", default=50,
+                       help="print the last N lines (default 50)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     _add(commands, "doctor", cmd_doctor, "check config, docs, agent binary, git and lock")
     add_usage_command(commands)

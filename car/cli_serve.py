@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from car.config import MAX_PORT, HubConfig, find_config, load_config
 
 SERVE_HELP = "serve this repo's web page and JSON API (at a hub root: the hub's)"
 
 
-def port_number(text: str) -> int:
-    """--port's type: a bad one is argparse's usage error (exit 2), not an OverflowError at bind."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_PORT}, got '{text}'") from None
-    if not 0 <= port <= MAX_PORT:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_PORT}, got {port}")
-    return port
+def whole_number(most: Optional[int] = None) -> Callable[[str], int]:
+    """An option's type: a whole number from 0 (to `most`); anything else is argparse's usage error
+    (exit 2), not a failure later (an OverflowError at bind, a silent empty --tail)."""
+    wanted = f"a whole number from 0 to {most}" if most is not None else "a whole number >= 0"
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or (most is not None and int(text) > most):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got '{text}'")
+        return int(text)
+
+    return parse
 
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
     """--host/--port/--allow-remote/--base-path; None means: take it from the config."""
     p.add_argument("--host", default=None, help="address to listen on (default: server.host, 127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=None, help="port (default: server.port, 4173; 0 = any free)")
+    p.add_argument("--port", type=whole_number(MAX_PORT), default=None,
+                   help="port (default: server.port, 4173; 0 = any free)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --host; every request then needs the printed token")
     p.add_argument("--base-path", default=None, metavar="PATH",

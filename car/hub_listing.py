@@ -111,11 +111,12 @@ class RepoListing:
             return None
         todo_rels, stamps, rows = [], [], []
         for slot in self._slots.values():
-            entry, key = slot.cached, slot.key
-            if (entry is None or entry.status not in _MEMOIZABLE or key[0] is not slot.files or key[6] is not None
+            entry = slot.cached
+            # a runner's error is in the entry, and a new process would not know it
+            if (entry is None or entry.status not in _MEMOIZABLE or self._runner_facts(slot.id)[1] is not None
                     or slot.files.run_status == _RUNNING):
                 return None
-            stamp = slot.probe.stamp()
+            stamp = slot.probe.stamp()  # the stats behind slot.files, the read `entry` was built from
             if stamp is None:
                 return None
             todo_rels.append(slot.probe.todo_rel)
@@ -152,11 +153,8 @@ class RepoListing:
         """The slot's current entry; rebuilt only when one of the facts it comes from changed."""
         active, runner_error = self._runner_facts(slot.id)
         gone = self.escapes.get(slot.id)
-        if gone is None:
-            files = slot.probe.read()
-            exists = files.initialized or os.path.isdir(slot.root_str)
-        else:  # nothing is read through a link out of the hub
-            files, exists = NOT_INITIALIZED, False
+        files = NOT_INITIALIZED if gone else slot.probe.read()  # nothing is read through a link out of the hub
+        exists = not gone and (files.initialized or os.path.isdir(slot.root_str))
         if not exists:
             files = NOT_INITIALIZED
         slot.files = files

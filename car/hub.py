@@ -336,8 +336,7 @@ class HubSupervisor:
             slot = self._listing.slot(repo_id)
             if self._runner_facts(repo_id)[0]:
                 raise Conflict(f"{repo_id} is running; stop it before init")
-            self._check_inside(slot)
-            gone = self._listing.escapes.get(repo_id)
+            gone = self._check_inside(slot)
         if gone:
             raise Conflict(f"{repo_id}: {gone}")
         if not slot.root.is_dir():
@@ -346,14 +345,15 @@ class HubSupervisor:
         self._init_slot(slot)
         return self.repo(repo_id)
 
-    def _check_inside(self, slot: RepoSlot) -> None:
+    def _check_inside(self, slot: RepoSlot) -> Optional[str]:
         """Look again, right before car works in it, whether the repo's path leaves the hub through a
-        symlink (made since the last scan): the list then says so, and the caller refuses."""
+        symlink (made since the last scan): the list then says so, and why is returned."""
         gone = escaping([slot.entry], self.config.root).get(slot.id)
         if gone is not None:
             self._listing.escapes[slot.id] = gone
         else:
             self._listing.escapes.pop(slot.id, None)
+        return gone
 
     def _check_open(self) -> None:
         if self._closed:

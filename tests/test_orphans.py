@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
 from car.agent import TOKEN_VAR, AgentProcess
-from car.config import load_config
+from car.config import HubConfig, load_config
 from car.engine import Engine
 from car.layout import RepoLayout
 from car.lock import LockInfo, inspect_lock, process_start_time
@@ -288,17 +289,27 @@ def test_a_live_owner_is_never_signalled_by_recovery(repo: Path, tmp_path: Path)
 
 
 # the hub ---------------------------------------------------------------------------------------
-def test_hub_resume_ends_the_orphan_of_a_dead_owner_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@contextmanager
+def hub_orphan(tmp_path: Path, token: str, state: RepoState) -> Iterator[Tuple[HubConfig, Path, List[int]]]:
+    """A hub whose repo `alpha` has a stale lock (its owner dead) and a live orphaned run (an agent
+    and its child carrying `token`), with `state` in its state.json; the orphan is reaped after."""
     root = tmp_path / "hub"
     config = make_hub(root)
     agent_repos(root, "alpha")
     repo = root / "alpha"
-    token = "dd" * 12
     agent, pids = spawn_orphan(tmp_path, token)
     try:
         write_stale_lock(repo, agent.pid, token)
-        # an older car closed the run but left the agent: the hub's scan has no run to close
-        save_state(RepoLayout(repo).state, RepoState(status="error", last_run_id=1, stop_reason="interrupted"))
+        save_state(RepoLayout(repo).state, state)
+        yield config, repo, pids
+    finally:
+        reap(agent, pids)
+
+
+def test_hub_resume_ends_the_orphan_of_a_dead_owner_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # an older car closed the run but left the agent: the hub's scan has no run to close
+    closed = RepoState(status="error", last_run_id=1, stop_reason="interrupted")
+    with hub_orphan(tmp_path, "dd" * 12, closed) as (config, repo, pids):
         out, probe_env = use_probe_agent(repo, tmp_path, pids)
         for key, value in probe_env.items():
             monkeypatch.setenv(key, value)
@@ -311,27 +322,15 @@ def test_hub_resume_ends_the_orphan_of_a_dead_owner_first(tmp_path: Path, monkey
         assert out.read_text() == "\n", f"the new agent started while the orphan ran: {out.read_text()}"
         assert not any(pid_alive(p) for p in pids)
         assert "died and left its run going; ended 2 process(es)" in config.log_path.read_text()
-    finally:
-        reap(agent, pids)
 
 
 def test_a_hub_started_after_a_crash_ends_the_orphan_before_closing_its_run(tmp_path: Path):
-    root = tmp_path / "hub"
-    config = make_hub(root)
-    agent_repos(root, "alpha")
-    repo = root / "alpha"
-    token = "ee" * 12
-    agent, pids = spawn_orphan(tmp_path, token)
-    try:
-        write_stale_lock(repo, agent.pid, token)
-        save_state(RepoLayout(repo).state, RepoState(status="running", last_run_id=1))
+    with hub_orphan(tmp_path, "ee" * 12, RepoState(status="running", last_run_id=1)) as (config, _, pids):
         with started(config) as hub:
             entry = hub.repo("alpha")
             assert (entry.stop_reason, entry.lock_status.value) == ("interrupted", "locked_stale")
             assert not any(pid_alive(p) for p in pids)
         assert "alpha: the loop's owner" in config.log_path.read_text()
-    finally:
-        reap(agent, pids)
 
 
 def test_the_run_marker_is_in_the_lock_before_the_agent_exists(tmp_path: Path):

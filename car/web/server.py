@@ -166,11 +166,19 @@ class Running:
 
 def start_in_thread(routes: List[Route], host: str = "127.0.0.1", port: int = 0, *,
                     log: Optional[logging.Logger] = None, token_path: Optional[Path] = None,
-                    **options: Any) -> Running:
-    """Serve on a thread and return at once; `token_path` (with allow_remote) turns on auth."""
+                    listening: Optional[Callable[[], None]] = None, **options: Any) -> Running:
+    """Serve on a thread and return at once; `token_path` (with allow_remote) turns on auth.
+    `listening` runs once the socket is bound, before any request is served: a port in use fails
+    before that work starts, and that work failing closes the socket."""
     if options.get("allow_remote") and token_path is not None and not options.get("token"):
         options["token"] = load_token(token_path)
     server = make_server(routes, host, port, log=log or logging.getLogger("car.web"), **options)
+    try:
+        if listening is not None:
+            listening()
+    except BaseException:
+        server.server_close()
+        raise
     return Running(server, token_path)
 
 
@@ -200,16 +208,9 @@ def _serve(routes: List[Route], host: str, port: int, log: logging.Logger, token
            stop: Optional[threading.Event], heartbeat_seconds: float,
            listening: Optional[Callable[[], None]]) -> None:
     check_bind(host, allow_remote)
-    token = load_token(token_path) if allow_remote else None
-    server = make_server(routes, host, port, log=log, allow_remote=allow_remote, token=token,
-                         base_path=base_path, streams=Streams(heartbeat_seconds))
-    try:
-        if listening is not None:  # bound, not serving yet: a busy port has failed before this work
-            listening()
-    except BaseException:
-        server.server_close()
-        raise
-    running = Running(server, token_path)
+    running = start_in_thread(routes, host, port, log=log, token_path=token_path, listening=listening,
+                              allow_remote=allow_remote, base_path=base_path,
+                              streams=Streams(heartbeat_seconds))
     try:
         if stop is None or not stop.is_set():  # not asked to end during `listening`
             (ready or print_ready)(running)

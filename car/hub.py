@@ -20,10 +20,10 @@ from car.hub_state import HubSnapshot, HubStateFile, RepoEntry
 from car.hub_worker import HubWorker
 from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, clear_stale_lock, inspect_lock, release_lock
-from car.logs import close_logger, make_logger
 from car.manifest import Manifest, add_repos, escaping, read_manifest, save_manifest
 from car.recovery import OrphanedRun, reconcile
 from car.runner import RepoRunner
+from car.service_log import close_logger, make_logger
 from car.state import utc_now
 from car.status import LockStatus, RepoStatus, RunStatus
 
@@ -76,8 +76,7 @@ class HubSupervisor:
         self._take_lock()
         try:
             hub_log = self.config.hub.log
-            make_logger("car.hub", self.config.log_path, hub_log.backup_count, max_bytes=hub_log.max_bytes,
-                        stamped=True)
+            make_logger("car.hub", self.config.log_path, hub_log.backup_count, max_bytes=hub_log.max_bytes)
             self.log.info("hub starting in %s (pid %d)", self.config.root, os.getpid())
             self._load()
             if watch:
@@ -300,8 +299,7 @@ class HubSupervisor:
                 raise Conflict(f"{repo_id}: {slot.root} holds a hub config, not a repo's")
             if runner is not None:  # the manifest now points the id elsewhere
                 runner.close()
-            runner = RepoRunner(config, self._executor, name=f"car.repo.{repo_id}",
-                                on_change=partial(self._worker.touch, repo_id), errors=self.log)
+            runner = RepoRunner(config, self._executor, on_change=partial(self._worker.touch, repo_id), errors=self.log)
             self._runners[repo_id] = runner
             return runner
 

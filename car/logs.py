@@ -1,19 +1,17 @@
-"""Run logs: one rotating handler per repo/hub, run markers, rollover between runs, readers."""
+"""Run logs: one LogFile per repo, every line stamped, runs framed by markers and rolled over
+between runs; and the readers of those logs."""
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
-from car.errors import CarError
 from car.feed import Feed
+from car.logfile import LogFile
 from car.state import utc_now
 
 if TYPE_CHECKING:
@@ -37,56 +35,17 @@ class RunRecord:
                 "exit_code": self.exit_code, "end": self.end}
 
 
-def make_logger(name: str, path: Path, backup_count: int, max_bytes: int = 0,
-                stamped: bool = False) -> logging.Logger:
-    """A logger with its own RotatingFileHandler; replaces any handler a previous owner left.
-
-    max_bytes=0 (run logs): never rolls over by itself, RunLog decides when (between runs);
-    > 0 (the hub log, lines without runs): rolls over before a line would pass it."""
-    logger = logging.getLogger(name)
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-        old.close()
-    try:  # opened lazily by the handler: a log car cannot write must stop the start, not each line
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
-    except OSError as exc:
-        raise CarError(f"{path}: cannot write the log ({exc.strerror}); fix its permissions, or set "
-                       f"log.path in the config") from exc
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count,
-                                                   encoding="utf-8", delay=True)
-    if stamped:  # ISO-8601 UTC, the time format of the run logs
-        formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s",
-                                      "%Y-%m-%dT%H:%M:%S")
-        formatter.converter = time.gmtime
-    else:
-        formatter = logging.Formatter("%(message)s")
-    handler.setFormatter(formatter)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    return logger
-
-
-def close_logger(logger: logging.Logger) -> None:
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-
-
 class RunLog:
-    """The log of one repo (or the hub): every line timestamped, runs framed by markers."""
+    """The log of one repo: every line timestamped, runs framed by markers."""
 
-    def __init__(self, path: Path, max_bytes: int, backup_count: int, name: str,
-                 feed: Optional[Feed] = None) -> None:
+    def __init__(self, path: Path, max_bytes: int, backup_count: int, feed: Optional[Feed] = None) -> None:
         self.path, self.max_bytes, self.backup_count = path, max_bytes, backup_count
         self.feed = feed
-        self._logger = make_logger(name, path, backup_count)
-        self._lock = threading.Lock()
+        self._file = LogFile(path, backup_count)  # no max_bytes: a run is never split across files
 
     def write(self, text: str, run_id: Optional[int] = None) -> str:
         line = f"{utc_now()} [run {run_id}] {text}" if run_id is not None else f"{utc_now()} {text}"
-        self._logger.info(line)
+        self._file.write(line)
         if self.feed is not None:
             self.feed.publish(line)
         return line
@@ -100,24 +59,16 @@ class RunLog:
         self.rollover_if_full()
 
     def rollover_if_full(self) -> None:
-        with self._lock:
-            try:
-                size = self.path.stat().st_size
-            except FileNotFoundError:
-                return
-            if self.max_bytes and size >= self.max_bytes:
-                for handler in self._logger.handlers:
-                    if isinstance(handler, logging.handlers.RotatingFileHandler):
-                        handler.doRollover()
+        if self.max_bytes and self._file.size() >= self.max_bytes:
+            self._file.rollover()
 
     def close(self) -> None:
-        close_logger(self._logger)
+        self._file.close()
 
 
-def open_run_log(config: RepoConfig, feed: Optional[Feed] = None, name: Optional[str] = None) -> RunLog:
+def open_run_log(config: RepoConfig, feed: Optional[Feed] = None) -> RunLog:
     """The run log of a repo, as its config sets it."""
-    return RunLog(config.log_path, config.log.max_bytes, config.log.backup_count,
-                  name or f"car.repo.{config.root}", feed)
+    return RunLog(config.log_path, config.log.max_bytes, config.log.backup_count, feed)
 
 
 def log_files(path: Path, backup_count: int) -> List[Path]:

@@ -105,11 +105,11 @@ def reconcile(config: RepoConfig, *,
     state = load_state(layout.state)
     if state.status != RunStatus.RUNNING.value:
         return False
-    from car.logs import has_end_marker, open_run_log  # only here: `car status` need not load logging
+    from car.logs import has_end_marker, open_run_log  # only here: `car status` need not load them
 
     run_id = state.last_run_id
     if run_id and not has_end_marker(config.log_path, config.log.backup_count, run_id):
-        log = open_run_log(config, name=f"car.reconcile.{config.root}")
+        log = open_run_log(config)
         if orphan is not None:
             log.write(f"car: {orphan.describe()}", run_id)
         log.end_run(run_id, "interrupted")

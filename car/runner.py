@@ -57,13 +57,12 @@ class RepoRunner:
     A loop run by another car process (its lock is alive) is reached through the stop file.
     """
 
-    def __init__(self, config: RepoConfig, executor: Executor, *, name: Optional[str] = None,
+    def __init__(self, config: RepoConfig, executor: Executor, *,
                  on_change: Callable[[], None] = lambda: None,
                  errors: Optional[logging.Logger] = None) -> None:
         self.config, self.layout = config, RepoLayout(config.root)
         self.feed = Feed()  # the repo's log lines as this process writes them (SSE follows it)
-        self._log_name = name
-        self.log = open_run_log(config, self.feed, name=name)
+        self.log = open_run_log(config, self.feed)
         self._executor, self._on_change = executor, on_change
         self._errors = errors or logging.getLogger("car")
         self._guard = threading.Lock()
@@ -102,7 +101,7 @@ class RepoRunner:
             raise ConfigError(f"{self.layout.config} is not a repo config (mode: repo)")
         if config.log != self.config.log:
             self.log.close()
-            self.log = open_run_log(config, self.feed, name=self._log_name)
+            self.log = open_run_log(config, self.feed)
         self.config = config
 
     def resume(self, once: bool = False) -> None:

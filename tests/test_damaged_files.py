@@ -13,7 +13,7 @@ from car.errors import CarError, Conflict, LockError
 from car.files import write_atomic
 from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock
-from car.logs import make_logger
+from car.logfile import LogFile
 
 from hub_fixtures import agent_repos, make_hub, started, wait_status
 from support import make_repo, read_pids, run_car, update_config, wait_until
@@ -127,7 +127,7 @@ def test_a_log_that_cannot_be_opened_is_one_error_at_start(tmp_path: Path):
     (tmp_path / "file").write_text("not a directory")
     path = tmp_path / "file" / "car.log"
     with pytest.raises(CarError, match="cannot write the log"):
-        make_logger("car.test.unwritable", path, 1)
+        LogFile(path, 1)
 
 
 def test_the_hub_lists_a_repo_whose_files_cannot_be_read_as_error(tmp_path: Path):

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-import logging
+import json
 import threading
 from pathlib import Path
 
 import pytest
 
+from car.layout import RepoLayout
+from car.logfile import LogFile
 from car.logs import FileCursor, RunLog, follow, last_run_output, list_runs, read_run, run_output, tail
 
-from support import wait_until
+from support import car_env, make_repo, run_car, update_config, wait_until
 
 
 def write_runs(log: RunLog, first: int, last: int, lines: int = 50) -> None:
@@ -20,7 +22,7 @@ def write_runs(log: RunLog, first: int, last: int, lines: int = 50) -> None:
 
 
 def test_last_run_output_reads_the_tail_and_matches_the_full_scan(tmp_path: Path) -> None:
-    log = RunLog(tmp_path / "car.log", max_bytes=0, backup_count=3, name="test.logs.tail")
+    log = RunLog(tmp_path / "car.log", max_bytes=0, backup_count=3)
     write_runs(log, 1, 30, lines=200)
     log.close()
     path = tmp_path / "car.log"
@@ -29,7 +31,7 @@ def test_last_run_output_reads_the_tail_and_matches_the_full_scan(tmp_path: Path
 
 
 def test_last_run_output_finds_a_run_that_rotation_moved_to_a_backup(tmp_path: Path) -> None:
-    log = RunLog(tmp_path / "car.log", max_bytes=1000, backup_count=3, name="test.logs.rotated")
+    log = RunLog(tmp_path / "car.log", max_bytes=1000, backup_count=3)
     write_runs(log, 1, 2, lines=20)  # each run passes max_bytes: rolled over right after its end
     log.close()
     path = tmp_path / "car.log"
@@ -53,15 +55,14 @@ def test_follow_delivers_every_new_line_across_a_rotation(tmp_path: Path) -> Non
     stop, seen = threading.Event(), []
     t = threading.Thread(target=lambda: seen.extend(follow(path, stop, poll_seconds=0.02)) or None,
                          daemon=True)
-    log = RunLog(path, max_bytes=0, backup_count=3, name="test.logs.follow")
+    log = RunLog(path, max_bytes=1, backup_count=3)  # any size is full: rollover_if_full rolls over
     try:
         t.start()
         # the follower starts at the end of the file: ping until it shows it is reading
         wait_until(lambda: log.write("ping") and any(s.endswith(" ping") for s in seen), 5, "the follower")
         log.write("one")
         log.write("two")
-        for handler in logging.getLogger("test.logs.follow").handlers:
-            handler.doRollover()  # "two" may still be unread in what is now the backup
+        log.rollover_if_full()  # "two" may still be unread in what is now the backup
         log.write("three")
         wait_until(lambda: any(s.endswith(" three") for s in seen), 5, "the line after the rotation")
     finally:
@@ -118,7 +119,7 @@ def test_file_cursor_of_a_log_not_yet_made_starts_with_its_first_line(tmp_path: 
 
 
 def test_file_cursor_misses_no_line_when_the_log_rotated_twice_between_reads(tmp_path: Path) -> None:
-    log = RunLog(tmp_path / "x.log", max_bytes=1, backup_count=5, name="car.test.rotate-twice")
+    log = RunLog(tmp_path / "x.log", max_bytes=1, backup_count=5)
     cursor = FileCursor(log.path)
     cursor.mark(cursor.position())
     log.write("before")
@@ -134,3 +135,49 @@ def test_file_cursor_misses_no_line_when_the_log_rotated_twice_between_reads(tmp
     ] + ["after"]
     cursor.close()
     log.close()
+
+
+def test_a_log_that_fails_mid_run_is_told_once_and_the_gap_is_marked(tmp_path: Path, capfd) -> None:
+    link = tmp_path / "car.log"
+    link.symlink_to("/dev/full")  # every write: ENOSPC, as on a full disk
+    log = LogFile(link, backup_count=1)
+    for i in range(50):
+        log.write(f"line {i}")
+    err = capfd.readouterr().err
+    assert err.splitlines() == [f"car: cannot write {link} (No space left on device); its lines are dropped "
+                                "until it can be written again"]
+    link.unlink()  # the disk has room again
+    log.write("back")
+    log.close()
+    lines = link.read_text().splitlines()
+    assert lines[0].endswith(" car: 50 lines of this log were lost: it could not be written") and lines[1] == "back"
+    assert capfd.readouterr().err == ""
+
+
+def test_a_run_whose_log_fills_the_disk_ends_cleanly_with_one_line(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", items=("only",))
+    (tmp_path / "full.log").symlink_to("/dev/full")
+    update_config(repo, log={"path": str(tmp_path / "full.log")})
+    proc = run_car("once", cwd=repo, env=car_env(FAKE_AGENT_MODE="flood", FAKE_AGENT_LINES="200"))
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "full.log" in line] == [
+        f"car: cannot write {tmp_path / 'full.log'} (No space left on device); its lines are dropped until it "
+        "can be written again"]
+    assert "Traceback" not in proc.stderr
+    state = json.loads(RepoLayout(repo).state.read_text())
+    assert (state["status"], state["last_run_id"], state["last_exit_code"]) == ("idle", 1, 0)
+
+
+@pytest.mark.parametrize("backups", [0, 2])
+def test_rollover_keeps_backup_count_files_and_zero_means_start_afresh(tmp_path: Path, backups: int) -> None:
+    path = tmp_path / "x.log"
+    log = LogFile(path, backup_count=backups, max_bytes=100)
+    for i in range(40):  # 40 lines of 11 bytes: the file passes 100 bytes four times
+        log.write(f"line {i:5d}")
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.log"] + [f"x.log.{i}" for i in range(1, backups + 1)]
+    assert path.stat().st_size <= 100
+    files = [*(Path(f"{path}.{i}") for i in range(backups, 0, -1)), path]  # oldest first
+    numbers = [int(word) for p in files for word in p.read_text().split() if word.isdigit()]
+    # the newest lines, in order, none lost in between
+    assert len(numbers) >= 1 + 9 * backups and numbers == list(range(40 - len(numbers), 40))

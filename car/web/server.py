@@ -19,7 +19,7 @@ import car
 from car.errors import CarError, NotFound, UsageError
 from car.files import write_atomic
 from car.layout import HubLayout, RepoLayout
-from car.logs import close_logger, make_logger
+from car.service_log import close_logger, make_logger
 from car.signals import on_stop_signals
 from car.web.api_hub import hub_routes
 from car.web.api_repo import repo_routes
@@ -229,7 +229,7 @@ def serve_repo(runner: Any, host: str, port: int, allow_remote: bool = False, ba
     config = runner.config
     layout = RepoLayout(config.root)
     log = make_logger(f"car.web.{config.root}", layout.web_log, config.log.backup_count,
-                      max_bytes=config.log.max_bytes, stamped=True)
+                      max_bytes=config.log.max_bytes)
     try:
         _serve(repo_routes("/api", lambda: runner), host, port, log, layout.token, allow_remote,
                base_path, ready, stop, heartbeat_seconds, listening)

@@ -1,0 +1,107 @@
+"""A log file car appends lines to and rotates (x.log -> x.log.1 -> ... x.log.N); a write never raises."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+from car.errors import CarError
+from car.state import utc_now
+
+
+class LogFile:
+    """One log file, appended to by this process from any thread.
+
+    A write that fails (a full disk, a log deleted with its directory) must not stop a run that
+    may go on for hours, nor print for every line: the first failure is told once on stderr, the
+    lines are dropped, and the first write that works again says in the log how many were lost."""
+
+    def __init__(self, path: Path, backup_count: int, max_bytes: int = 0) -> None:
+        """max_bytes=0: rolls over only when told (run logs roll over between runs);
+        > 0: before a line would take the file past it."""
+        self.path, self.backup_count, self.max_bytes = path, backup_count, max_bytes
+        self._lock = threading.Lock()
+        self._lost = 0
+        self._fd: Optional[int] = None
+        try:  # at the start, a log car cannot write stops the start with one line
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = self._open()
+        except OSError as exc:
+            raise CarError(f"{path}: cannot write the log ({exc.strerror}); fix its permissions, or set "
+                           f"log.path in the config") from exc
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8", errors="replace")
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self._fd = self._open()
+                if self.max_bytes:
+                    size = os.fstat(self._fd).st_size
+                    if size and size + len(data) > self.max_bytes:
+                        self._rotate()
+                        self._fd = self._open()
+                if self._lost:
+                    note = f"{utc_now()} car: {self._lost} lines of this log were lost: it could not be written\n"
+                    os.write(self._fd, note.encode())
+                    self._lost = 0
+                os.write(self._fd, data)  # one write of a whole line, O_APPEND: never torn or interleaved
+            except OSError as exc:
+                self._failed(exc)
+
+    def size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return 0
+
+    def rollover(self) -> None:
+        """x.log becomes x.log.1 (the older backups move up one, the oldest goes); with no backups
+        kept, x.log starts again empty. Readers following the file see a new inode either way."""
+        with self._lock:
+            try:
+                self._rotate()
+                self._fd = self._open()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _rotate(self) -> None:
+        self._close()
+        if self.backup_count <= 0:
+            self.path.unlink(missing_ok=True)
+            return
+        for i in range(self.backup_count - 1, 0, -1):
+            older = Path(f"{self.path}.{i}")
+            if older.exists():
+                os.replace(older, f"{self.path}.{i + 1}")
+        if self.path.exists():
+            os.replace(self.path, f"{self.path}.1")
+
+    def _failed(self, exc: OSError) -> None:
+        if not self._lost:
+            try:
+                sys.stderr.write(f"car: cannot write {self.path} ({exc.strerror}); its lines are dropped "
+                                 f"until it can be written again\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):  # no terminal left to tell
+                pass
+        self._lost += 1
+        self._close()  # the next write opens it again: the file may have been made anew
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()

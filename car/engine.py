@@ -16,15 +16,15 @@ from car.agent import AgentProcess, Event, new_token, resolve_binary
 from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
 from car.docs import DocKind, TodoCounts, parse_todos
-from car.errors import CarError
+from car.errors import CarError, LockError
 from car.files import append_jsonl, read_text, write_atomic
 from car.layout import RepoLayout
-from car.lock import acquire_lock, release_lock, update_lock
+from car.lock import LockInfo, acquire_lock, inspect_lock, is_own_lock, lock_lost_message, release_lock, update_lock
 from car.logs import RunLog, last_run_output, open_run_log, tail
 from car.prompt import DEFAULT_TEMPLATE, clip_tail, render_prompt
 from car.recovery import reconcile
 from car.state import RepoState, load_state, save_state, utc_now
-from car.status import RunStatus, StopReason
+from car.status import LockStatus, RunStatus, StopReason
 
 ERROR_REASONS = {StopReason.AGENT_FAILED, StopReason.RUN_TIMEOUT, StopReason.IDLE_TIMEOUT,
                  StopReason.INTERRUPTED}
@@ -62,6 +62,8 @@ class Engine:
         self.current_run_started_at: Optional[str] = None
         self._fingerprint: Optional[str] = None
         self._count_progress = True  # _loop() decides
+        self._lock_token: Optional[str] = None  # from this loop's acquire_lock: tells our lock from a later one
+        self._lock_lost: Optional[LockInfo] = None  # the lock as found once it was no longer ours
 
     # controls (any thread) -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -81,7 +83,7 @@ class Engine:
     def run_loop(self, once: bool = False) -> StopReason:
         resolve_binary(self.config.codex.binary, self.config.root)
         reconcile(self.config)
-        acquire_lock(self.layout.lock)
+        self._lock_token = acquire_lock(self.layout.lock).owner_token
         reason: Optional[StopReason] = None
         try:
             self.layout.stop.unlink(missing_ok=True)  # we own the lock: an old stop was for an old loop
@@ -90,7 +92,7 @@ class Engine:
         finally:
             if reason is not None or self._ran:  # an error before any run leaves state.json as it was
                 self._finish(reason or StopReason.INTERRUPTED)
-            release_lock(self.layout.lock)
+            release_lock(self.layout.lock, self._lock_token)  # a lock not ours any more is left alone
             if self._own_log:
                 self.log.close()
 
@@ -107,7 +109,11 @@ class Engine:
             requested = self._requested_stop()
             if requested:
                 return requested
+            if self._check_lock() is not None:  # lost between runs (removed by hand, taken over)
+                raise self._lock_lost_error(log=True)
             result = self.run_once(wall_deadline)
+            if self._lock_lost is not None:  # noticed in the run (said in its log): no further run
+                raise self._lock_lost_error(log=False)
             runs += 1
             stale = 0 if result.progressed else stale + 1
             checks = [
@@ -125,6 +131,37 @@ class Engine:
             if hit is not None:
                 return hit
             self._stop.wait(runner.sleep_seconds)
+
+    def _check_lock(self) -> Optional[LockInfo]:
+        """The lock as it is now if it is no longer this loop's (removed, or another's); None while it is.
+
+        Read before each run and at its end: without the lock a second loop may start (a lock removed by
+        hand reads as unlocked), and two agents must never work on one repo at once."""
+        info = inspect_lock(self.layout.lock)
+        if is_own_lock(info, self._lock_token):
+            return None
+        self._lock_lost = info
+        return info
+
+    def _lock_lost_error(self, log: bool) -> LockError:
+        assert self._lock_lost is not None
+        message = lock_lost_message(self.layout.lock, self._lock_lost)
+        if log:
+            self.log.write(f"car: {message}")
+        return LockError(message)
+
+    def _may_write_state(self) -> bool:
+        """state.json is the lock holder's: a loop that lost its lock still closes its run there, unless
+        another process holds the lock now (then the state is that loop's, not ours to overwrite)."""
+        lost = self._check_lock()
+        return lost is None or lost.status is LockStatus.UNLOCKED
+
+    def _update_lock(self, agent_pgid: Optional[int], run_token: Optional[str]) -> bool:
+        """Record the agent in the lock; False (the loss noted) if the lock is no longer this loop's."""
+        if update_lock(self.layout.lock, agent_pgid, run_token, self._lock_token):
+            return True
+        self._check_lock()
+        return False
 
     def _requested_stop(self) -> Optional[StopReason]:
         if self._kill_reason is not None:
@@ -151,10 +188,11 @@ class Engine:
         return parse_todos(read_text(path))
 
     def _finish(self, reason: StopReason) -> None:
-        state = load_state(self.layout.state)
-        state.status = (RunStatus.ERROR if reason in ERROR_REASONS else RunStatus.IDLE).value
-        state.stop_reason, state.runner_pid = reason.value, None
-        save_state(self.layout.state, state)
+        if self._may_write_state():
+            state = load_state(self.layout.state)
+            state.status = (RunStatus.ERROR if reason in ERROR_REASONS else RunStatus.IDLE).value
+            state.stop_reason, state.runner_pid = reason.value, None
+            save_state(self.layout.state, state)
         self.current_run_id = self.current_run_started_at = None
         self._on_change()
 
@@ -222,6 +260,9 @@ class Engine:
                     end_reason: Optional[StopReason], reader: OutputReader) -> None:
         """The run's end marker, its runs.jsonl record, and state.json."""
         cfg, layout = self.config, self.layout
+        writable = self._may_write_state()  # the run-end check of the lock
+        if self._lock_lost is not None:
+            self.log.write(f"car: {lock_lost_message(layout.lock, self._lock_lost)}", run_id)
         self.log.end_run(run_id, f"code {exit_code}")
         finished_at = utc_now()
         append_jsonl(layout.runs, {
@@ -232,7 +273,8 @@ class Engine:
             if reader.final_message is not None else None,
         })
         state.last_exit_code, state.last_run_finished_at = exit_code, finished_at
-        save_state(layout.state, state)
+        if writable:
+            save_state(layout.state, state)
         self._on_change()
 
     def _files_fingerprint(self) -> Optional[str]:
@@ -263,25 +305,27 @@ class Engine:
         token = new_token()
         # the marker goes into the lock before the agent exists: should car die right after the
         # spawn, a later kill, resume or status still finds the run's processes by it
-        update_lock(self.layout.lock, None, token)
+        if not self._update_lock(None, token):  # no agent without the lock: the loop stops (_loop)
+            return StopReason.INTERRUPTED, None
         try:
             agent = self._spawn(argv, cfg.root, self.layout.rendered_prompt, token)
         except Exception as exc:  # reported in the run, and the loop stops on it
-            update_lock(self.layout.lock, None, None)
+            self._update_lock(None, None)
             self.log.write(f"car: {exc}", run_id)
             return StopReason.AGENT_FAILED, 127
         with self._guard:
             self._agent = agent
             if self._kill_reason is not None:
                 agent.interrupt()
-        update_lock(self.layout.lock, agent.pid, agent.token)
+        if not self._update_lock(agent.pid, agent.token):
+            self.kill(StopReason.INTERRUPTED)  # lost as it started: another loop's agent may be on its way
         try:
             end_reason = self._pump(agent, run_id, reader, wall_deadline)
         finally:
             agent.clean_up()
             with self._guard:
                 self._agent = None
-            update_lock(self.layout.lock, None, None)
+            self._update_lock(None, None)
         return end_reason, agent.exit_code()
 
     def _pump(self, agent: AgentProcess, run_id: int, reader: OutputReader,

@@ -10,10 +10,11 @@ from typing import Any, List, Optional, Union
 from car.errors import CarError
 
 
-def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True) -> None:
+def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True, exclusive: bool = False) -> None:
     """Write via a temp file in the same dir + os.replace: readers never see half a file.
 
-    durable=False skips the fsync, for files a crash makes moot (the lock's updates, the run's prompt)."""
+    durable=False skips the fsync, for files a crash makes moot (the lock's updates, the run's prompt).
+    exclusive=True never replaces: FileExistsError if `path` exists (O_EXCL, but never seen empty)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     # the directory is never made here: a repo deleted while car works in it must stay deleted
     # a random name opened O_EXCL: tempfile.mkstemp's way, without importing tempfile (~4 ms)
@@ -25,6 +26,11 @@ def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True) -
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
+        if exclusive:
+            os.chmod(tmp, 0o644)
+            _link_new(tmp, path, raw)
+            os.unlink(tmp)  # `path` is the file's other name now
+            return
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o777)
         else:
@@ -36,6 +42,18 @@ def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True) -
         except FileNotFoundError:
             pass
         raise
+
+
+def _link_new(tmp: Path, path: Path, raw: bytes) -> None:
+    """Give the written file its name unless the name is taken (a link never replaces)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this filesystem (FAT, some FUSE mounts): O_EXCL, briefly empty
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
 
 
 def read_text(path: Path, missing: str = "") -> str:

@@ -6,14 +6,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 from car.errors import LockError
-from car.files import write_json
+from car.files import write_atomic, write_json
 from car.state import utc_now
 from car.status import LockStatus
 
 MAX_PID = 2 ** 22  # Linux's pid_max ceiling: a larger "pid" was never written by car
+LOCK_LOST = "the lock {path} was {how} while this loop ran; stopping so that two loops never run at once"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class LockInfo:
     agent_pgid: Optional[int] = None
     run_token: Optional[str] = None
     agent_started: Optional[str] = None  # the group leader's start time: see recovery.find_orphan
+    owner_token: Optional[str] = None  # random per acquire_lock: tells this loop's lock from a later one
 
 
 def process_start_time(pid: int) -> Optional[str]:
@@ -56,12 +58,22 @@ def is_alive(pid: int, pid_started: Optional[str] = None) -> bool:
 
 def inspect_lock(path: Path) -> LockInfo:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        pid = data["pid"]
+        raw: Optional[bytes] = path.read_bytes()
     except FileNotFoundError:
         return LockInfo(LockStatus.UNLOCKED)
-    except (OSError, ValueError, KeyError, TypeError):
-        # unreadable, half-written or hand-edited: nobody can own it, so it reads as stale
+    except OSError:
+        raw = None
+    return _judge(raw)
+
+
+def _judge(raw: Optional[bytes]) -> LockInfo:
+    """What a lock file's bytes say (None: it could not be read)."""
+    if raw is None:  # unreadable (a directory in its place): nobody can own it, so it reads as stale
+        return LockInfo(LockStatus.LOCKED_STALE)
+    try:
+        data = json.loads(raw)
+        pid = data["pid"]
+    except (ValueError, KeyError, TypeError):  # not car's JSON (hand-edited): stale too
         return LockInfo(LockStatus.LOCKED_STALE)
     if type(pid) is not int or not 0 < pid <= MAX_PID:
         return LockInfo(LockStatus.LOCKED_STALE)
@@ -76,6 +88,7 @@ def inspect_lock(path: Path) -> LockInfo:
         agent_pgid=pgid if type(pgid) is int and 1 < pgid <= MAX_PID else None,
         run_token=_text(data.get("run_token")),
         agent_started=_text(data.get("agent_started")),
+        owner_token=_text(data.get("owner_token")),
     )
 
 
@@ -92,13 +105,31 @@ def lock_held_message(path: Path, info: LockInfo) -> str:
             f"stop it with `car stop` or wait for it")
 
 
+def lock_lost_message(path: Path, found: LockInfo) -> str:
+    """What a loop says when the lock it held is no longer its own (`found` is the lock as it is now)."""
+    if found.status is LockStatus.UNLOCKED:
+        how = "removed"
+    else:
+        how = f"taken over by pid {found.pid}" if found.pid else "replaced by a file car did not write"
+    return LOCK_LOST.format(path=path, how=how)
+
+
+def is_own_lock(info: LockInfo, owner_token: Optional[str] = None) -> bool:
+    """The lock is held by this process and, given `owner_token`, is the one that acquire_lock made."""
+    return (info.status is LockStatus.LOCKED_ALIVE and info.pid == os.getpid()
+            and (owner_token is None or info.owner_token == owner_token))
+
+
 def acquire_lock(path: Path) -> LockInfo:
     """Create the lock for this process or raise LockError naming the holder."""
     pid = os.getpid()
     body = {"pid": pid, "pid_started": process_start_time(pid), "started_at": utc_now(),
-            "host": os.uname().nodename, "agent_pgid": None, "run_token": None, "agent_started": None}
+            "host": os.uname().nodename, "agent_pgid": None, "run_token": None, "agent_started": None,
+            "owner_token": os.urandom(8).hex()}
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        # whole or not at all: a lock seen empty, between its creation and its first write, would read
+        # as stale, and a `car resume` at that moment would remove it
+        write_atomic(path, json.dumps(body), durable=False, exclusive=True)
     except FileExistsError:
         info = inspect_lock(path)
         if info.status is LockStatus.UNLOCKED:  # vanished between the two calls
@@ -107,43 +138,100 @@ def acquire_lock(path: Path) -> LockInfo:
     except OSError as exc:  # a read-only .codex-autorunner/, or none (car never makes it here)
         raise LockError(f"{path}: cannot create the lock ({exc.strerror}); fix the permissions of "
                         f"{path.parent}, or run `car init` if it is missing") from exc
-    with os.fdopen(fd, "w") as fh:
-        json.dump(body, fh)
-    return inspect_lock(path)
+    return LockInfo(LockStatus.LOCKED_ALIVE, pid=pid, pid_started=body["pid_started"],
+                    started_at=body["started_at"], owner_token=body["owner_token"])
 
 
-def update_lock(path: Path, agent_pgid: Optional[int], run_token: Optional[str]) -> None:
-    """Record the current agent's group and run marker, so `car kill` elsewhere can reach it.
+def update_lock(path: Path, agent_pgid: Optional[int], run_token: Optional[str],
+                owner_token: Optional[str] = None) -> bool:
+    """Record the current agent's group and run marker, so `car kill` elsewhere can reach it; False,
+    with nothing written, if the lock is gone or not this process's (`owner_token`: see is_own_lock).
 
     The leader's start time goes with them: if this process dies, the group id alone cannot
     prove, later, that a group of that id is still this run's (recovery.find_orphan)."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("pid") != os.getpid():
-        return
+    try:
+        raw = path.read_bytes()
+    except OSError:  # gone (removed by hand): made again here, it would hide that from a second loop
+        return False
+    if not is_own_lock(_judge(raw), owner_token):
+        return False
+    data = json.loads(raw)
     started = process_start_time(agent_pgid) if agent_pgid else None
     data.update(agent_pgid=agent_pgid, run_token=run_token,
                 agent_started=started if started != "zombie" else None)
+    # no car process removes a live lock, so only a hand-made change can slip in between the read and
+    # this replace; the loop whose lock it overwrote then finds it at its next check and stops (Engine)
     write_json(path, data, durable=False)  # no fsync: a crash ends its owner, so the lock is stale anyway
+    return True
 
 
-def release_lock(path: Path) -> None:
-    """Remove the lock only if this process owns it."""
-    info = inspect_lock(path)
-    if info.pid == os.getpid():
-        path.unlink(missing_ok=True)
+def release_lock(path: Path, owner_token: Optional[str] = None) -> bool:
+    """Remove the lock if it is this process's (see is_own_lock); a lock that is gone or another's
+    is left as it is. True if it was removed."""
+    return _remove_if(path, lambda info: is_own_lock(info, owner_token))[1]
 
 
 def clear_stale_lock(path: Path) -> bool:
     """Remove a stale lock (resume); a live one raises LockError and is left alone."""
-    info = inspect_lock(path)
-    if info.status is LockStatus.UNLOCKED:
-        return False
-    if info.status is LockStatus.LOCKED_ALIVE:
-        raise LockError(lock_held_message(path, info))
     try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
+        info, removed = _remove_if(path, lambda info: info.status is LockStatus.LOCKED_STALE)
     except OSError as exc:  # a directory in its place, or a read-only .codex-autorunner/
         raise LockError(f"{path}: cannot remove the stale lock ({exc.strerror}); remove it by hand") from exc
-    return True
+    if info.status is LockStatus.LOCKED_ALIVE:
+        raise LockError(lock_held_message(path, info))
+    return removed
+
+
+def _remove_if(path: Path, wanted: Callable[[LockInfo], bool]) -> Tuple[LockInfo, bool]:
+    """Unlink the lock file if `wanted` holds for what it says: (what it says, whether it was removed).
+
+    Two removers may judge one file at once (two `car resume` on one stale lock): unlinking by name
+    after the judgement could remove the lock the other has just made in its place. So the file
+    judged is held open, which keeps its inode number from going to a new file; the name is unlinked
+    only while it still names that inode; and removers flock the file in turn, so none unlinks it
+    between another's check and unlink. Creators never wait: a new lock appears only where none is.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return LockInfo(LockStatus.UNLOCKED), False
+    try:
+        _flock(fd)
+        info = _judge(_read_all(fd))
+        if not wanted(info):
+            return info, False
+        try:
+            same = os.path.samestat(os.stat(path), os.fstat(fd))
+        except FileNotFoundError:
+            same = False
+        if not same:  # another remover was first: judge what is there now
+            return _remove_if(path, wanted)
+        os.unlink(path)
+        return info, True
+    finally:
+        os.close(fd)  # ends the flock
+
+
+def _flock(fd: int) -> None:
+    """Wait for our turn on this file among removers (each holds it for a few system calls)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: the inode check alone
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # a filesystem without flock (some network mounts): the inode check alone
+        pass
+
+
+def _read_all(fd: int) -> Optional[bytes]:
+    """The whole file, or None if it cannot be read (a directory in the lock's place)."""
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:
+        return None

@@ -4,6 +4,7 @@
 Behaviour comes from environment variables (the tests set them; the child inherits them):
 FAKE_AGENT_MODE  ok (default) | noop | fail | hang | slow | flood | blocked | silent
 FAKE_AGENT_SLEEP seconds per line (slow) or before finishing (ok)
+FAKE_AGENT_WAIT_FOR  (ok) finish only once this file exists (at most 60 s): the test says when
 FAKE_AGENT_LINES how many lines (slow, flood)
 FAKE_AGENT_EXIT  exit code for fail (default 3)
 FAKE_AGENT_PIDFILE  append this process's pid (and, in hang mode, its child's) to this file
@@ -66,6 +67,10 @@ elif mode == "noop":
     sys.exit(0)
 else:
     time.sleep(sleep)
+    go = env("FAKE_AGENT_WAIT_FOR")
+    deadline = time.monotonic() + 60  # a test that never says go fails; it does not hang
+    while go and not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 todo = pathlib.Path(".codex-autorunner/TODO.md")
 text = todo.read_text()

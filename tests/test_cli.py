@@ -12,6 +12,8 @@ import pytest
 from car.cli import WRONG_MODE_REPO_CMD, main
 from car.config import RACY_NS, load_config
 from car.layout import RepoLayout
+from car.lock import LockInfo, inspect_lock, lock_lost_message
+from car.status import LockStatus
 
 from support import (
     FAKE_AGENT,
@@ -258,3 +260,33 @@ def test_init_in_a_child_of_a_hub_sets_up_the_child(tmp_path: Path):
     child = make_git_repo(hub / "child")
     assert run_car("init", cwd=child).returncode == 0
     assert (child / ".codex-autorunner" / "config.yml").is_file()
+
+
+def test_a_second_run_after_the_lock_was_removed_by_hand_stops_the_first_and_keeps_its_lock(
+        repo: Path, tmp_path: Path) -> None:
+    """QA: `rm .codex-autorunner/lock` during a run let a second `car run` start next to the first."""
+    write_todo(repo, ["a", "b", "c", "d", "e", "f"])
+    lock = RepoLayout(repo).lock
+    first_pids, first_go = tmp_path / "first", tmp_path / "first-go"
+    first = start_car(repo, "run", FAKE_AGENT_WAIT_FOR=str(first_go), FAKE_AGENT_PIDFILE=str(first_pids))
+    second = None
+    try:
+        wait_until(lambda: inspect_lock(lock).agent_pgid, 20, "the first loop's agent in the lock")
+        lock.unlink()
+        second = start_car(repo, "run", FAKE_AGENT_WAIT_FOR=str(tmp_path / "second-go"))
+        wait_until(lambda: inspect_lock(lock).agent_pgid and inspect_lock(lock).pid == second.pid, 20,
+                   "the second loop's agent in its lock")
+        first_go.touch()  # the first loop's run ends: two loops ran side by side until now
+        out = finish(first)
+        message = lock_lost_message(lock, LockInfo(LockStatus.LOCKED_ALIVE, pid=second.pid))
+        assert first.returncode == 1 and out.splitlines()[-1] == f"car: {message}", out
+        assert inspect_lock(lock).pid == second.pid  # the first loop left the second's lock alone
+        agents = read_pids(first_pids)
+        assert len(agents) == 1 and not any(pid_alive(p) for p in agents)  # one run, and it is over
+        assert f"car: {message}" in (repo / ".codex-autorunner" / "codex-autorunner.log").read_text()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                finish(proc)
+    assert second is not None and second.returncode == 0 and not lock.exists()  # it released its own lock

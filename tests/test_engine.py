@@ -15,7 +15,7 @@ from car.docs import DocKind
 from car.engine import Engine
 from car.errors import AgentError, LockError
 from car.layout import RepoLayout
-from car.lock import acquire_lock, clear_stale_lock, inspect_lock
+from car.lock import LockInfo, acquire_lock, clear_stale_lock, inspect_lock, lock_lost_message
 from car.logs import list_runs, log_files, read_run, run_output
 from car.prompt import DEFAULT_TEMPLATE, render_prompt
 from car.recovery import reconcile
@@ -369,3 +369,64 @@ def test_reconcile_closes_a_run_whose_owner_died(repo: Path) -> None:
     assert read_run(log_path(repo), 3, 2)[-1].endswith("=== run 2 end (interrupted) ===")
     assert not reconcile(config)  # once only
     assert layout.lock.exists()  # reconcile never clears a lock
+
+
+# the lock taken from under a running loop -----------------------------------------------------
+def test_a_lock_removed_during_a_run_ends_the_loop_after_that_run(repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    pidfile, go = tmp_path / "pids", tmp_path / "go"
+    monkeypatch.setenv("FAKE_AGENT_WAIT_FOR", str(go))
+    monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
+    write_todo(repo, ["a", "b", "c"])
+    lock = RepoLayout(repo).lock
+    eng = engine(repo)
+    outcome: dict = {}
+
+    def loop() -> None:
+        try:
+            outcome["reason"] = eng.run_loop()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    wait_until(lambda: inspect_lock(lock).agent_pgid, what="the lock to record the agent")
+    lock.unlink()  # by hand, as the agent works
+    go.touch()  # now the run may end
+    t.join(30)
+    assert not t.is_alive()
+    message = lock_lost_message(lock, LockInfo(LockStatus.UNLOCKED))
+    assert isinstance(outcome.get("error"), LockError) and str(outcome["error"]) == message, outcome
+    assert not lock.exists()  # never made again
+    agents = read_pids(pidfile)
+    assert len(agents) == 1 and not any(pid_alive(p) for p in agents)  # no second run, nothing left running
+    s = state(repo)
+    assert (s.status, s.stop_reason, s.runner_pid, s.last_run_id, s.last_exit_code) == ("error", "interrupted",
+                                                                                         None, 1, 0)
+    assert s.last_run_finished_at
+    lines = read_run(log_path(repo), 3, 1)
+    assert lines[-2].endswith(f"[run 1] car: {message}") and lines[-1].endswith("=== run 1 end (code 0) ===")
+
+
+def test_a_lock_taken_over_between_runs_ends_the_loop_before_the_next(repo: Path) -> None:
+    write_todo(repo, ["a", "b", "c"])
+    layout = RepoLayout(repo)
+    config = load_config(layout.config)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def after_run_1() -> None:  # on the loop's thread, once run 1 is on record: between the runs
+        if load_state(layout.state).last_run_finished_at and inspect_lock(layout.lock).pid == os.getpid():
+            layout.lock.write_text(json.dumps({"pid": holder.pid, "pid_started": None, "started_at": "now"}))
+
+    try:
+        with pytest.raises(LockError) as raised:
+            Engine(config, on_change=after_run_1).run_loop()
+        taken = inspect_lock(layout.lock)
+        assert str(raised.value) == lock_lost_message(layout.lock, taken) and f"pid {holder.pid}" in str(raised.value)
+        assert taken.pid == holder.pid  # the other owner's lock stays
+        s = state(repo)
+        assert (s.last_run_id, s.status, s.runner_pid) == (1, "running", os.getpid())  # left to the lock's owner
+        assert log_path(repo).read_text().rstrip().endswith(f"car: {raised.value}")
+    finally:
+        holder.kill()
+        holder.wait()

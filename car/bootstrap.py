@@ -18,7 +18,7 @@ from car.config import (
 )
 from car.docs import DocKind
 from car.errors import ConfigError, InitError, UsageError
-from car.files import dump_yaml, write_atomic
+from car.files import dump_yaml, load_yaml, write_atomic
 from car.layout import GITIGNORE_TEXT, HubLayout, RepoLayout
 from car.prompt import DEFAULT_TEMPLATE
 from car.state import RepoState, save_state
@@ -82,7 +82,8 @@ def _write_config(layout: RepoLayout, force: bool, report: InitReport) -> None:
     import yaml  # here, as in car.config: hub commands import this module, and most never parse YAML
 
     try:
-        user = yaml.safe_load(text) or {}
+        # a key twice stays a ConfigError even with force: which value was meant is for the user to say
+        user = load_yaml(text, path, ConfigError)[0] or {}
     except yaml.YAMLError:
         if not force:
             load_config(path)  # raises the ConfigError with the line

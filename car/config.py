@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 
 from car import __version__
 from car.errors import ConfigError
-from car.files import dump_yaml, file_stamp, write_atomic
+from car.files import dump_yaml, file_stamp, load_yaml, write_atomic
 from car.layout import CAR_DIR, CONFIG_CACHE_NAME, CONFIG_NAME
 
 VERSION = 2
@@ -225,8 +225,7 @@ def _parse_yaml(path: Path) -> Tuple[Any, Any]:
     import yaml  # here, not at the top: a cached config never loads it
 
     try:
-        node = yaml.compose(text)
-        return yaml.safe_load(text), node
+        return load_yaml(text, path, ConfigError)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -359,5 +358,6 @@ class _Checker:
         for key in keys:
             if not isinstance(node, yaml.MappingNode):
                 return None
-            node = next((v for k, v in node.value if k.value == key), None)
+            # the last one: after a `<<:` merge the explicit key follows the merged ones, and wins
+            node = next((v for k, v in reversed(node.value) if k.value == key), None)
         return None if node is None or not keys else node.start_mark.line + 1

@@ -8,7 +8,7 @@ import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -18,7 +18,16 @@ from car.layout import CAR_DIR, HubLayout, RepoLayout
 from car.state import RepoState, save_state
 
 from hub_fixtures import agent_repos, git_repos, make_hub
-from support import car_cmd, car_env, hang_agent, make_repo, read_pids, run_car, update_config
+from support import (
+    backdate,
+    car_cmd,
+    car_env,
+    hang_agent,
+    make_repo,
+    read_pids,
+    run_car,
+    update_config,
+)
 from web_fixtures import capture_logger, hub_server, repo_server, write_hub_config
 
 
@@ -324,3 +333,76 @@ def test_a_hub_repo_with_a_bad_log_path_is_an_error_row_not_a_500(tmp_path: Path
         run = served.client.post("/hub/repos/beta/run")
         assert 400 <= run.status < 500 and "log.path" in run.json["error"]["message"], run.text
         assert served.client.get("/hub/usage").status == 200
+
+
+# 8. a key written twice in a YAML file -----------------------------------------------------------
+def files_under(root: Path, but: Optional[Path] = None) -> dict:
+    """Every file below root (but .git and `but`) with its bytes and mtime: what must not change."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(root).parts and p != but}
+
+
+TWICE = [  # (config text, line of the second key, line of the first, key)
+    ("version: 2\nmode: repo\nrunner:\n  sleep_seconds: 0\ncodex:\n  args: []\nrunner:\n  no_progress_runs: 3\n",
+     7, 3, "runner"),
+    ("version: 2\nmode: repo\nrunner:\n  sleep_seconds: 0\n  kill_grace_seconds: 2\n  sleep_seconds: 5\n",
+     6, 4, "sleep_seconds"),
+    ("version: 2\nmode: repo\nrunner: {sleep_seconds: 0, sleep_seconds: 1}\n", 3, 3, "sleep_seconds"),
+]
+
+
+@pytest.mark.parametrize("command", [("status",), ("once",), ("doctor",), ("init", "--force")])
+@pytest.mark.parametrize("text, line, first, key", TWICE)
+def test_a_key_twice_in_config_yml_is_one_line_and_changes_nothing(
+        repo: Path, command: tuple, text: str, line: int, first: int, key: str) -> None:
+    config = RepoLayout(repo).config
+    config.write_text(text)
+    backdate(repo / CAR_DIR)  # old enough that a config that loads would be cached
+    before = files_under(repo)
+    done = run_car(*command, cwd=repo)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert one_line(done.stderr) == f"car: {config}:{line}: key '{key}' appears twice (first at line {first}); " \
+                                    f"keep one\n"
+    assert files_under(repo) == before
+
+
+def test_a_merge_key_may_still_be_overridden_and_errors_name_the_explicit_line(tmp_path: Path) -> None:
+    path = tmp_path / CAR_DIR / "config.yml"
+    path.parent.mkdir()
+    base = "version: 2\nmode: repo\nfast: &fast {sleep_seconds: 0, no_progress_runs: 2}\nrunner:\n  <<: *fast\n"
+    path.write_text(base + "  sleep_seconds: 7\n")
+    config = load_config(path)
+    assert (config.runner.sleep_seconds, config.runner.no_progress_runs) == (7, 2)
+    path.write_text(base + "  sleep_seconds: soon\n")
+    with pytest.raises(ConfigError, match=r"config.yml:6: runner.sleep_seconds: expected a number"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("manifest, line, first, key", [
+    ("version: 1\nrepos:\n- {id: alpha, path: alpha}\nrepos:\n- {id: beta, path: beta}\n", 4, 2, "repos"),
+    ("version: 1\nrepos:\n- id: alpha\n  path: alpha\n  id: beta\n", 5, 3, "id"),
+])
+@pytest.mark.parametrize("command", [("hub", "status"), ("hub", "scan")])
+def test_a_key_twice_in_the_hub_manifest_is_one_line_and_changes_nothing(
+        tmp_path: Path, manifest: str, line: int, first: int, key: str, command: tuple) -> None:
+    root = tmp_path / "hub"
+    hub = make_hub(root)
+    path = hub.manifest_path
+    agent_repos(root, "alpha", "beta", "gamma")  # gamma: new to a scan, which would add it to the manifest
+    path.write_text(manifest)
+    backdate(root)
+    before = files_under(root, but=hub.log_path)  # a scan's hub notes its start and stop there
+    done = run_car(*command, cwd=root)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert one_line(done.stderr).startswith(f"car: {path}:{line}: key '{key}' appears twice (first at line "
+                                            f"{first}); keep one (car never rewrites a manifest")
+    assert files_under(root, but=hub.log_path) == before
+
+
+def test_a_key_twice_in_the_hub_config_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "hub"
+    config = HubLayout(root).config
+    make_hub(root)
+    config.write_text(config.read_text() + "mode: hub\n")
+    done = run_car("hub", "status", cwd=root)
+    assert done.returncode == 2 and f"{config}:" in one_line(done.stderr) and "key 'mode' appears twice" in done.stderr

@@ -30,19 +30,26 @@ class Event:
 
 
 def resolve_binary(binary: str, cwd: Path) -> str:
-    """The agent's executable, or AgentError naming the config key to change."""
+    """The agent's executable as an absolute path, or AgentError naming the config key to change."""
+    fix = "set codex.binary in the repo's .codex-autorunner/config.yml to the agent's executable"
+    if not binary.strip():
+        raise AgentError(f"codex.binary is empty; {fix}")
     if os.sep in binary or (os.altsep and os.altsep in binary):
         path = Path(binary) if Path(binary).is_absolute() else cwd / binary
         if path.is_file() and os.access(path, os.X_OK):
             return str(path)
-        problem = "is not executable" if path.is_file() else "does not exist"
-        raise AgentError(f"agent binary {path} {problem}; set codex.binary in the repo's "
-                         f".codex-autorunner/config.yml to the agent's path")
-    found = shutil.which(binary)
-    if not found:
-        raise AgentError(f"agent binary '{binary}' not found on PATH; install it or set "
-                         f"codex.binary in the repo's .codex-autorunner/config.yml")
-    return found
+        problem = ("is a directory" if path.is_dir() else "is not executable" if path.is_file()
+                   else "does not exist")
+        raise AgentError(f"agent binary {path} {problem}; {fix}")
+    # a relative PATH entry ("." or an empty one) names the directory the agent runs in, as it would
+    # for a shell there; left to shutil.which it means car's own CWD and gives back a relative path
+    # that the agent's spawn (cwd=the repo) would look up again somewhere else
+    search = os.environ.get("PATH", os.defpath)
+    found = shutil.which(binary, path=os.pathsep.join(str(cwd / entry) for entry in search.split(os.pathsep)))
+    if found:
+        return found
+    note = "; codex.binary is the program alone, its arguments go in codex.args" if " " in binary else ""
+    raise AgentError(f"agent binary '{binary}' not found on PATH{note}; install it or {fix}")
 
 
 class AgentProcess:

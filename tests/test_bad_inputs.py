@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -19,6 +20,7 @@ from car.state import RepoState, save_state
 
 from hub_fixtures import agent_repos, git_repos, make_hub
 from support import (
+    FAKE_AGENT,
     backdate,
     car_cmd,
     car_env,
@@ -333,6 +335,45 @@ def test_a_hub_repo_with_a_bad_log_path_is_an_error_row_not_a_500(tmp_path: Path
         run = served.client.post("/hub/repos/beta/run")
         assert 400 <= run.status < 500 and "log.path" in run.json["error"]["message"], run.text
         assert served.client.get("/hub/usage").status == 200
+
+
+# 7. codex.binary that names no program -----------------------------------------------------------
+@pytest.mark.parametrize("binary", ["tools", "tools/"])
+def test_a_directory_as_the_agent_binary_is_named_a_directory(repo: Path, binary: str) -> None:
+    (repo / "tools").mkdir()
+    update_config(repo, codex={"binary": str(repo / binary)})
+    done = run_car("once", cwd=repo)
+    assert done.returncode == 1, done.stderr
+    assert f"agent binary {repo / 'tools'} is a directory; set codex.binary" in one_line(done.stderr)
+    assert "to the agent's executable" in done.stderr
+    doctor = run_car("doctor", cwd=repo)
+    assert doctor.returncode == 1 and f"FAIL  agent binary {repo / 'tools'} is a directory" in doctor.stdout
+
+
+@pytest.mark.parametrize("binary, says", [
+    ("", "codex.binary is empty; set codex.binary"),
+    ("   ", "codex.binary is empty; set codex.binary"),
+    ("codex --json", "'codex --json' not found on PATH; codex.binary is the program alone, its arguments go in"),
+])
+def test_an_agent_binary_that_is_no_name_says_what_to_set(repo: Path, binary: str, says: str) -> None:
+    update_config(repo, codex={"binary": binary})
+    done = run_car("once", cwd=repo)
+    assert done.returncode == 1 and says in one_line(done.stderr)
+
+
+def test_a_relative_path_entry_finds_the_agent_where_it_runs_not_where_car_was_started(repo: Path) -> None:
+    """PATH=.:... and `car once` from a subdirectory: shutil.which looked in car's CWD (and answered
+    with a relative path), while the agent is spawned in the repo root."""
+    agent = repo / "my-agent"
+    agent.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_AGENT} \"$@\"\n")
+    agent.chmod(0o755)
+    update_config(repo, codex={"binary": "my-agent", "args": []})
+    (repo / "sub").mkdir()
+    env = car_env(PATH=os.pathsep.join([".", os.environ["PATH"]]))
+    done = run_car("once", cwd=repo / "sub", env=env)
+    assert done.returncode == 0, done.stderr
+    doctor = run_car("doctor", cwd=repo / "sub", env=env)
+    assert f"ok    agent {agent}" in doctor.stdout, doctor.stdout
 
 
 # 8. a key written twice in a YAML file -----------------------------------------------------------

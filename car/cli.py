@@ -207,14 +207,22 @@ def cmd_log(args: argparse.Namespace) -> int:
         lines = tail(path, args.tail)
     for line in lines:
         print(line)
-    if args.follow:
+    sys.stdout.flush()  # a reader that has left shows now, not after the next new line
+    if args.follow and not _reader_gone():
         stop = threading.Event()
         try:
             for line in follow(path, stop):
                 print(line, flush=True)
+                if _reader_gone():
+                    break
         except KeyboardInterrupt:
             stop.set()
     return 0
+
+
+def _reader_gone() -> bool:
+    """stdout's reader has left (car.launch.QuietStream saw it): a printer that never ends stops then."""
+    return bool(getattr(sys.stdout, "gone", False))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

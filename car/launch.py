@@ -2,14 +2,60 @@
 
 from __future__ import annotations
 
+import errno  # built into the interpreter: no file to find or compile
 import os  # loaded by the interpreter's own start anyway: costs nothing here
 import sys
 
 from car import __version__
 
+# what writing to a reader that has gone says: a closed pipe (`| head -1`), a hung-up terminal (EIO),
+# a terminal whose device is gone (ENXIO), a socket closed by its peer
+GONE = frozenset({errno.EPIPE, errno.EIO, errno.ENXIO, errno.ECONNRESET, errno.ENOTCONN})
+
+
+class QuietStream:
+    """sys.stdout or sys.stderr whose reader may go away. The first write that finds it gone points
+    the file descriptor at /dev/null: the command ends as it would have (its cleanup done, its exit code
+    its own), with no traceback, and Python's flush at exit has nowhere left to fail (which would make
+    the exit code 120). Any other OSError (a full disk) is raised as before."""
+
+    def __init__(self, stream: object) -> None:
+        self.stream = stream
+        self.gone = False  # a printer that never ends (`car log --follow`) stops when it is
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)  # type: ignore[attr-defined]
+        except OSError as exc:
+            self._went(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()  # type: ignore[attr-defined]
+        except OSError as exc:
+            self._went(exc)
+
+    def _went(self, exc: OSError) -> None:
+        if exc.errno not in GONE:
+            raise exc
+        self.gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())  # type: ignore[attr-defined]
+        except (OSError, ValueError):
+            pass  # a stream without a descriptor: nothing of it outlives this process to flush at exit
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> object:  # fileno, isatty, encoding...: the stream's own
+        return getattr(self.stream, name)
+
 
 def main(argv: list[str] | None = None) -> int:  # no typing import: --version starts faster
     args = sys.argv[1:] if argv is None else argv
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (QuietStream(s) if s is not None else s for s in streams)
     try:
         if args == ["--version"]:
             print(f"car {__version__}")
@@ -17,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:  # no typing import: --version s
         from car.cli import main as cli_main  # YAML and the engine cost more than python's own start
 
         return cli_main(args)
-    except BrokenPipeError:
-        # the reader left (`car hub status | head -1`): stop quietly, as Unix tools do. What is still
-        # buffered would fail again when Python flushes stdout at exit, so stdout goes to devnull
-        # (the recipe in Python's docs, "Note on SIGPIPE")
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()  # here, where a reader that has gone is quiet; not in Python's exit
+        sys.stdout, sys.stderr = streams

@@ -219,14 +219,42 @@ def test_output_to_a_closed_pipe_exits_quietly(tmp_path: Path, args: tuple) -> N
     make_hub(root)
     git_repos(root, *(f"repo{i:02}" for i in range(20)))
     assert run_car("hub", "scan", cwd=root).returncode == 0
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # `| head -1` that has already exited
-    try:
-        done = subprocess.run(car_cmd(*args), cwd=root, env=car_env(), stdout=write_end,
+    with closed_pipe() as stdout:
+        done = subprocess.run(car_cmd(*args), cwd=root, env=car_env(), stdout=stdout,
                               stderr=subprocess.PIPE, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")  # its own exit code: all it lost is output nobody reads
+
+
+@contextmanager
+def closed_pipe() -> Iterator[int]:
+    """The write end of a pipe whose reader has already gone (`| head -1` that has exited)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        yield write_end
     finally:
         os.close(write_end)
-    assert (done.returncode, done.stderr) == (1, "")
+
+
+@pytest.mark.parametrize("args, agent, code", [
+    (("once",), "ok", 0),
+    (("once",), "fail", 1),  # agent_failed: the real exit code, not one the lost output made up
+    (("log", "--follow"), "ok", 0),  # printed the log, then waited on new lines for a reader long gone
+])
+def test_a_repo_command_whose_output_is_gone_ends_with_its_own_exit_code(
+        repo: Path, args: tuple, agent: str, code: int) -> None:
+    assert run_car("once", cwd=repo, env=car_env(FAKE_AGENT_MODE=agent)).returncode == code  # a log to print
+    with closed_pipe() as stdout:
+        done = subprocess.run(car_cmd(*args), cwd=repo, env=car_env(FAKE_AGENT_MODE=agent), stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (code, "")
+
+
+def test_an_error_to_a_stderr_that_is_gone_still_exits_with_its_code(tmp_path: Path) -> None:
+    with closed_pipe() as gone:
+        done = subprocess.run(car_cmd("status"), cwd=tmp_path, env=car_env(), stdout=gone, stderr=gone,
+                              timeout=30)
+    assert done.returncode == 2  # no config here: a config error, whose one line nobody reads
 
 
 # 6. hub usage with one broken repo ---------------------------------------------------------------

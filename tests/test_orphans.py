@@ -12,7 +12,7 @@ import sys
 import textwrap
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import IO, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -185,13 +185,13 @@ def test_sighup_ends_the_agent_and_records_the_run_like_sigterm(repo: Path, tmp_
     assert "=== run 1 end (code" in log_text(repo)
 
 
-def test_closing_the_terminal_of_car_run_ends_its_agent(repo: Path, tmp_path: Path) -> None:
-    """The real thing: car run on a terminal of its own, whose far end then goes away."""
+def start_on_a_terminal(repo: Path, pidfile: Path, stderr: Optional[IO[bytes]] = None) -> Tuple[subprocess.Popen, int]:
+    """`car run` with a hanging agent, on a terminal of its own (stderr too, unless given): car and
+    the terminal's far end, whose closing is the window closing."""
     import fcntl
     import pty
     import termios
 
-    pidfile = tmp_path / "pids"
     terminal, tty = pty.openpty()
 
     def take_the_terminal() -> None:  # after setsid: car leads a session, and this is its terminal
@@ -200,9 +200,16 @@ def test_closing_the_terminal_of_car_run_ends_its_agent(repo: Path, tmp_path: Pa
 
     car = subprocess.Popen(car_cmd("run"), cwd=repo, env=car_env(FAKE_AGENT_MODE="hang",
                                                                  FAKE_AGENT_PIDFILE=str(pidfile)),
-                           stdin=tty, stdout=tty, stderr=tty, start_new_session=True,
+                           stdin=tty, stdout=tty, stderr=stderr or tty, start_new_session=True,
                            preexec_fn=take_the_terminal)
     os.close(tty)
+    return car, terminal
+
+
+def test_closing_the_terminal_of_car_run_ends_its_agent(repo: Path, tmp_path: Path) -> None:
+    """The real thing: car run on a terminal of its own, whose far end then goes away."""
+    pidfile = tmp_path / "pids"
+    car, terminal = start_on_a_terminal(repo, pidfile)
     try:
         pids, _ = wait_for_agent(repo, pidfile)
         os.close(terminal)  # the terminal window closes: the kernel hangs up car's session
@@ -213,10 +220,28 @@ def test_closing_the_terminal_of_car_run_ends_its_agent(repo: Path, tmp_path: Pa
             car.kill()
             car.wait(timeout=30)
         kill_left(read_pids(pidfile))
-    # not its exit code: its last line goes to a terminal that is gone (EIO), after the cleanup
-    assert car.returncode != -signal.SIGHUP, "car died of the hangup without ending its agent"
+    # its own exit code (killed, as for SIGTERM): its last line, to a terminal that is gone (EIO), is dropped
+    assert car.returncode == 0, "car died of the hangup, or of printing to the terminal that is gone"
     assert alive == []
     assert not RepoLayout(repo).lock.exists()
+    assert load_state(RepoLayout(repo).state).stop_reason == "killed"
+
+
+def test_the_last_line_to_a_terminal_that_is_gone_is_no_traceback(repo: Path, tmp_path: Path) -> None:
+    """As above, with stderr kept in a file: what car says after the hangup is nothing at all."""
+    pidfile, errors = tmp_path / "pids", tmp_path / "stderr"
+    with errors.open("wb") as stderr:
+        car, terminal = start_on_a_terminal(repo, pidfile, stderr)
+    try:
+        wait_for_agent(repo, pidfile)
+        os.close(terminal)
+        car.wait(timeout=30)
+    finally:
+        if car.poll() is None:
+            car.kill()
+            car.wait(timeout=30)
+        kill_left(read_pids(pidfile))
+    assert (car.returncode, errors.read_text()) == (0, "")
     assert load_state(RepoLayout(repo).state).stop_reason == "killed"
 
 

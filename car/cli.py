@@ -63,9 +63,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     from car.bootstrap import describe_git, init_repo
 
     root = Path(args.repo or Path.cwd()).resolve()
-    above = find_config(root.parent) if args.repo is None and not (root / CAR_DIR).exists() else None
-    if above is not None and _is_repo_config(above):  # (a hub's child is set up on its own, of course)
-        raise UsageError(f"{root} is inside the repo {above.parent.parent}, which car already set up; run "
+    above = enclosing_repo(root.parent) if args.repo is None and not (root / CAR_DIR).exists() else None
+    if above is not None:  # (a hub's child is set up on its own, of course)
+        raise UsageError(f"{root} is inside the repo {above}, which car already set up; run "
                          f"`car init` there, or `car init --repo {root}` to set up this directory on its own")
     report = init_repo(root, force=args.force, git_init=args.git_init)
     for action in report.actions:
@@ -77,11 +77,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_repo_config(path: Path) -> bool:
+def enclosing_repo(path: Path) -> Optional[Path]:
+    """The root of the repo car set up that is or holds `path` (the nearest config upward is mode: repo),
+    or None; a config that cannot be read counts as none (the command that needs it says why)."""
+    found = find_config(path)
+    if found is None:
+        return None
     try:
-        return isinstance(load_config(path), RepoConfig)
+        config = load_config(found)
     except CarError:
-        return False
+        return None
+    return config.root if isinstance(config, RepoConfig) else None
 
 
 def _run_in_foreground(config: RepoConfig, once: bool) -> int:

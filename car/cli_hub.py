@@ -7,11 +7,11 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
-from car.cli import WRONG_MODE_HUB_CMD
+from car.cli import WRONG_MODE_HUB_CMD, enclosing_repo
 from car.config import HubConfig, find_config, load_config
-from car.errors import ConfigError, UsageError
+from car.errors import CarError, ConfigError, InitError, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, HubLayout
 
 if TYPE_CHECKING:  # the hub modules load only for hub commands: repo commands start faster
@@ -20,9 +20,14 @@ if TYPE_CHECKING:  # the hub modules load only for hub commands: repo commands s
 
 NO_HUB = ("no {car}/{cfg} in {where} or any parent directory; run `car hub init` in the hub root "
           "(the directory above the repos), or pass --hub PATH")
+NO_HUB_AT = "no hub at {where}; run `car hub init --hub {where}` first (or fix the --hub path)"
+NO_HUB_INSIDE = "no hub at {where}; it is inside the hub at {root}: pass --hub {root}"
+BAD_HUB_PATH = ("{where} {what}; fix the --hub path, or create that directory and run "
+                "`car hub init --hub {where}`")
 MADE_HUB = "no config found in {where} or above: made it a hub root (as `car hub init` would)"
-INSIDE_HUB = ("{where} is inside the hub at {root}; run hub commands there (or pass --hub PATH to "
-              "make a separate hub)")
+INSIDE_HUB = ("{where} is inside the hub at {root}; run hub commands there, or make a separate hub in a "
+              "directory outside it")
+INIT_FAILED_IN_SCAN = "init failed for {ids}: see each one's error; fix the cause, then `car hub scan` again"
 NO_REPOS = "no repos yet: put git repos in {root} (one level down), then `car hub scan`"
 
 
@@ -30,14 +35,59 @@ def _note(message: str) -> None:
     print(f"car: {message}", file=sys.stderr)
 
 
+def no_hub_in_repo(where: Path, repo: Path) -> str:
+    """--hub names a repo car set up (or a directory in one), and no hub holds that repo."""
+    what = "a repo" if where == repo else f"in the repo {repo}, which"
+    return (f"no hub at {where}; it is {what} car set up (mode: repo): pass the hub root (the directory "
+            f"above the repos) as --hub")
+
+
+def inside_hub_repo(where: Path, repo: Path, hub_root: Path) -> str:
+    """`hub init` refused in (or below) a repo of another hub."""
+    what = "one of the repos" if where == repo else f"inside {repo}, one of the repos"
+    return (f"{where} is {what} of the hub at {hub_root}; a hub goes in the directory above its repos: "
+            f"use that one (`car hub scan --hub {hub_root}`)")
+
+
+def inside_repo(where: Path, repo: Path) -> str:
+    """`hub init` refused in (or below) a repo car set up (`car init`)."""
+    what = "a repo" if where == repo else f"inside the repo {repo}, which"
+    return (f"{where} is {what} car already set up (mode: repo); a hub goes in the directory above its repos "
+            f"(e.g. `car hub init --hub {repo.parent}`)")
+
+
+def _hub_dir(args: argparse.Namespace) -> Tuple[Path, bool]:
+    """The hub root --hub names (which must be a directory: a typo creates nothing), or the CWD;
+    and whether --hub named it."""
+    explicit: Optional[Path] = getattr(args, "hub", None)
+    root = Path(explicit or Path.cwd()).resolve()
+    if explicit is not None and not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise UsageError(BAD_HUB_PATH.format(where=root, what=what))
+    return root, explicit is not None
+
+
+def _hub_above(path: Path) -> Optional[HubConfig]:
+    """The hub config nearest upward from `path`, if that nearest config is a hub's and readable."""
+    found = find_config(path)
+    try:
+        config = load_config(found) if found is not None else None
+    except CarError:
+        return None
+    return config if isinstance(config, HubConfig) else None
+
+
 def hub_config(args: argparse.Namespace, create: bool = False) -> HubConfig:
-    """The hub config from --hub or the nearest one upward; with `create`, none found = make one here."""
+    """The hub config from --hub or the nearest one upward. With `create` (scan, serve), a directory
+    with no config in or above it is made a hub root, as `hub init` would (DESIGN §4); one inside a
+    hub or a set-up repo never is, and a --hub path that does not exist was refused already."""
     from car.bootstrap import init_hub  # like the hub modules: only hub commands load it
 
-    explicit: Optional[Path] = getattr(args, "hub", None)
-    start = Path(explicit or Path.cwd()).resolve()
-    path = start / CAR_DIR / CONFIG_NAME if explicit else find_config(start)
+    start, explicit = _hub_dir(args)
+    path = HubLayout(start).config if explicit else find_config(start)
     if path is None or not path.is_file():
+        if explicit and (not create or find_config(start) is not None):
+            raise ConfigError(_no_hub_at(start))
         if not create:
             raise ConfigError(NO_HUB.format(car=CAR_DIR, cfg=CONFIG_NAME, where=start))
         init_hub(start)
@@ -45,6 +95,8 @@ def hub_config(args: argparse.Namespace, create: bool = False) -> HubConfig:
         path = HubLayout(start).config
     config = load_config(path)
     if not isinstance(config, HubConfig):
+        if explicit:  # WRONG_MODE_HUB_CMD's advice is to pass --hub, which this did
+            raise UsageError(_no_hub_at(start))
         command = getattr(args, "hub_command", None) or "serve"
         raise UsageError(WRONG_MODE_HUB_CMD.format(cmd=command, path=path))
     for warning in config.warnings:
@@ -52,22 +104,50 @@ def hub_config(args: argparse.Namespace, create: bool = False) -> HubConfig:
     return config
 
 
+def _no_hub_at(path: Path) -> str:
+    """Why --hub `path` names no hub, and what to pass instead: the hub or repo it is in, if any."""
+    repo = enclosing_repo(path)
+    outer = _hub_above(repo.parent if repo is not None else path)
+    if outer is not None and (repo is None or outer.root in repo.parents):
+        return NO_HUB_INSIDE.format(where=path, root=outer.root)
+    if repo is not None:
+        return no_hub_in_repo(path, repo)
+    return NO_HUB_AT.format(where=path)
+
+
 def cmd_hub_init(args: argparse.Namespace) -> int:
     from car.bootstrap import init_hub
 
-    root = Path(getattr(args, "hub", None) or Path.cwd()).resolve()
-    found = find_config(root)
-    if found is not None:
-        config = load_config(found)
-        if not isinstance(config, HubConfig):
-            raise UsageError(WRONG_MODE_HUB_CMD.format(cmd="init", path=found))
-        if config.root != root:
-            raise UsageError(INSIDE_HUB.format(where=root, root=config.root))
+    root, _ = _hub_dir(args)
+    _refuse_nested_hub(root)
     report = init_hub(root)
     for action in report.actions:
         print(action)
     print(f"hub ready at {root}; `car hub scan` finds the git repos one level down")
     return 0
+
+
+def _refuse_nested_hub(root: Path) -> None:
+    """A hub inside a set-up repo or inside another hub would take over the config lookup of what is
+    below it (the nearest config wins): refuse, naming what `root` is inside."""
+    from car.discovery import repo_holding
+
+    repo = enclosing_repo(root)
+    if repo is not None:
+        outer = _hub_above(repo.parent)
+        if outer is not None and repo_holding(outer.repos_root, repo) == repo:
+            raise UsageError(inside_hub_repo(root, repo, outer.root))
+        raise UsageError(inside_repo(root, repo))
+    found = find_config(root)
+    if found is None:
+        return
+    config = load_config(found)  # one that cannot be read: its ConfigError names the file
+    if not isinstance(config, HubConfig):
+        raise UsageError(WRONG_MODE_HUB_CMD.format(cmd="init", path=found))
+    if config.root != root:  # (the hub itself: init is idempotent)
+        repo = repo_holding(config.repos_root, root)
+        raise UsageError(inside_hub_repo(root, repo, config.root) if repo is not None
+                         else INSIDE_HUB.format(where=root, root=config.root))
 
 
 def _supervisor(config: HubConfig, **kw: Any) -> HubSupervisor:
@@ -84,6 +164,9 @@ def cmd_hub_scan(args: argparse.Namespace) -> int:
     finally:
         hub.shutdown()
     _print(snapshot, args.json, hub.config)
+    failed = [r.id for r in snapshot.repos if r.status.value == "init_error"]
+    if failed:  # the table says which and why; the exit code tells a script something needs a fix
+        raise InitError(INIT_FAILED_IN_SCAN.format(ids=", ".join(failed)))
     return 0
 
 

@@ -6,7 +6,7 @@ import os
 import stat
 from operator import attrgetter
 from pathlib import Path
-from typing import Collection, Dict, List, NamedTuple, Tuple
+from typing import Collection, Dict, List, NamedTuple, Optional, Tuple
 
 from car.layout import CAR_DIR
 from car.manifest import Manifest, escaping
@@ -36,6 +36,17 @@ def has_git(path: str) -> bool:
 def is_inside(real: str, root: str) -> bool:
     """Strictly below `root` (both resolved): the root itself is not inside."""
     return real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def repo_holding(repos_root: Path, path: Path) -> Optional[Path]:
+    """The hub repo (a child of repos_root with a .git) that is `path` or holds it, or None; both resolved."""
+    try:
+        first = path.relative_to(repos_root).parts[:1]
+    except ValueError:
+        return None
+    if not first or first[0].startswith(".") or not has_git(str(repos_root / first[0])):
+        return None
+    return repos_root / first[0]
 
 
 def find_repos(repos_root: Path, hub_root: Path, known: Collection[str] = ()) -> List[FoundRepo]:

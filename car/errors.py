@@ -54,4 +54,7 @@ class ManifestError(CarError):
 
 
 class InitError(CarError):
-    code = "init_error"
+    """A repo or hub cannot be set up: something on disk is in the way (a file, permissions); over
+    HTTP a 409, since the request is fine and the server works: the repo's files need the fix."""
+
+    http_status, code = 409, "init_error"

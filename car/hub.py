@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Set, Tuple
 from car.bootstrap import init_repo
 from car.config import HubConfig, RepoConfig, load_config
 from car.discovery import find_repos, new_repos
-from car.errors import CarError, ConfigError, Conflict, LockError
+from car.errors import CarError, ConfigError, Conflict, InitError, LockError
 from car.feed import Feed
 from car.hub_listing import RepoListing, RepoSlot
 from car.hub_state import HubSnapshot, HubStateFile, RepoEntry
@@ -219,7 +219,8 @@ class HubSupervisor:
     def _note_orphan(self, repo_id: str, orphan: OrphanedRun) -> None:
         self.log.warning("%s: %s", repo_id, orphan.describe())
 
-    def _init_slot(self, slot: RepoSlot, publish: bool = True) -> None:
+    def _init_slot(self, slot: RepoSlot, publish: bool = True) -> Optional[str]:
+        """Init the repo; why it failed (also kept as the slot's init_error), or None."""
         with self._guard:
             if slot.initializing:
                 raise Conflict(NOT_RUNNABLE[RepoStatus.INITIALIZING].format(id=slot.id))
@@ -242,6 +243,7 @@ class HubSupervisor:
             self.log.info("initialized %s", slot.id)
         if publish:
             self._worker.touch(slot.id)
+        return error
 
     # the listing -------------------------------------------------------------------------
     def snapshot(self) -> HubSnapshot:
@@ -328,7 +330,8 @@ class HubSupervisor:
         return self.repo(repo_id)
 
     def init(self, repo_id: str) -> RepoEntry:
-        """(Re)create what is missing of the repo's .codex-autorunner/; a failure becomes init_error."""
+        """(Re)create what is missing of the repo's .codex-autorunner/; a failure is an InitError, and the
+        entry stays init_error (with the reason) until an init succeeds."""
         with self._guard:
             self._check_open()
             slot = self._listing.slot(repo_id)
@@ -340,7 +343,9 @@ class HubSupervisor:
         if not slot.root.is_dir():
             raise Conflict(NOT_RUNNABLE[RepoStatus.MISSING].format(
                 id=repo_id, path=slot.root, manifest=self.config.manifest_path, error=None))
-        self._init_slot(slot)
+        error = self._init_slot(slot)
+        if error:
+            raise InitError(NOT_RUNNABLE[RepoStatus.INIT_ERROR].format(id=repo_id, error=error))
         return self.repo(repo_id)
 
     def _check_inside(self, slot: RepoSlot) -> Optional[str]:

@@ -16,7 +16,18 @@ import yaml
 
 from car import cli_hub
 from car.cli import WRONG_MODE_HUB_CMD, WRONG_MODE_REPO_CMD, main
-from car.cli_hub import INSIDE_HUB, MADE_HUB, NO_HUB
+from car.cli_hub import (
+    BAD_HUB_PATH,
+    INIT_FAILED_IN_SCAN,
+    INSIDE_HUB,
+    MADE_HUB,
+    NO_HUB,
+    NO_HUB_AT,
+    NO_HUB_INSIDE,
+    inside_hub_repo,
+    inside_repo,
+    no_hub_in_repo,
+)
 from car.layout import CAR_DIR, GITIGNORE_TEXT, HubLayout, RepoLayout
 from car.lock import inspect_lock
 
@@ -52,18 +63,83 @@ def test_hub_init_writes_config_empty_manifest_and_gitignore(tmp_path: Path):
     assert again.returncode == 0 and "kept" in again.stdout and stamp(layout.config) == before
 
 
-def test_hub_init_refuses_inside_a_repo_and_inside_a_hub(tmp_path: Path):
-    agent_repos(tmp_path, "alpha")
-    done = run_car("hub", "init", cwd=tmp_path / "alpha")
-    config = (tmp_path / "alpha" / CAR_DIR / "config.yml").resolve()
-    assert done.returncode == 2
-    assert done.stderr.strip() == "car: " + WRONG_MODE_HUB_CMD.format(cmd="init", path=config)
-    make_hub(tmp_path / "hub")
-    (tmp_path / "hub" / "sub").mkdir()
-    done = run_car("hub", "init", cwd=tmp_path / "hub" / "sub")
-    assert done.returncode == 2
-    assert done.stderr.strip() == "car: " + INSIDE_HUB.format(where=(tmp_path / "hub" / "sub").resolve(),
-                                                              root=(tmp_path / "hub").resolve())
+def refused(done: subprocess.CompletedProcess, expected: str) -> None:
+    """Exit 2 with exactly this one line (and nothing on stdout)."""
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", "car: " + expected + "\n"), done.stderr
+
+
+def test_hub_init_refuses_inside_a_set_up_repo_naming_it(tmp_path: Path):
+    agent_repos(tmp_path, "alpha")  # `car init`'s repo, no hub around it
+    alpha = (tmp_path / "alpha").resolve()
+    (alpha / "src").mkdir()
+    for where, args in ((alpha, ()), (alpha, ("--hub", ".")), (alpha / "src", ("--hub", "."))):
+        refused(run_car("hub", "init", *args, cwd=where),
+                inside_repo(where, alpha))
+    assert not (alpha / "src" / CAR_DIR).exists()
+    assert yaml.safe_load(RepoLayout(alpha).config.read_text())["mode"] == "repo"
+
+
+def test_hub_init_refuses_inside_a_hub_and_names_the_hub_and_its_repo(tmp_path: Path):
+    root = tmp_path / "hub"
+    make_hub(root)
+    git_repos(root, "fresh")  # not initialized yet: the nearest config upward is the hub's
+    agent_repos(root, "ready")
+    root = root.resolve()
+    for name in ("fresh", "ready"):
+        repo = root / name
+        refused(run_car("hub", "init", "--hub", ".", cwd=repo),
+                inside_hub_repo(repo, repo, root))
+        (repo / "lib").mkdir()
+        refused(run_car("hub", "init", cwd=repo / "lib"),
+                inside_hub_repo(repo / "lib", repo, root))
+    assert not (root / "fresh" / CAR_DIR).exists() and not (root / "ready" / "lib" / CAR_DIR).exists()
+    (root / "sub").mkdir()
+    for args in ((), ("--hub", str(root / "sub"))):
+        refused(run_car("hub", "init", *args, cwd=root / "sub"), INSIDE_HUB.format(where=root / "sub", root=root))
+    assert run_car("hub", "init", "--hub", str(root), cwd=tmp_path).returncode == 0  # the hub itself: idempotent
+
+
+def test_hub_init_with_a_hub_path_that_does_not_exist_creates_nothing(tmp_path: Path):
+    typo = (tmp_path / "typo" / "path").resolve()
+    refused(run_car("hub", "init", "--hub", str(typo), cwd=tmp_path),
+            BAD_HUB_PATH.format(where=typo, what="does not exist"))
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "file").write_text("")
+    refused(run_car("hub", "init", "--hub", "file", cwd=tmp_path),
+            BAD_HUB_PATH.format(where=(tmp_path / "file").resolve(), what="is not a directory"))
+
+
+@pytest.mark.parametrize("command", ["scan", "status", "serve", "usage"])
+def test_hub_commands_with_a_hub_path_that_holds_no_hub_say_so(tmp_path: Path, command: str):
+    typo = (tmp_path / "typo").resolve()
+    refused(run_car("hub", command, "--hub", str(typo), cwd=tmp_path),
+            BAD_HUB_PATH.format(where=typo, what="does not exist"))
+    assert not typo.exists()
+    plain = (tmp_path / "plain").resolve()
+    plain.mkdir()
+    if command in ("status", "usage"):  # scan and serve make a plain directory a hub, as `hub init` would
+        refused(run_car("hub", command, "--hub", str(plain), cwd=tmp_path), NO_HUB_AT.format(where=plain))
+        assert list(plain.iterdir()) == []
+    elif command == "scan":
+        made = run_car("hub", "scan", "--hub", str(plain), cwd=tmp_path)
+        assert made.returncode == 0 and MADE_HUB.format(where=plain) in made.stderr, made.stderr
+        assert HubLayout(plain).config.is_file()
+    root = (tmp_path / "hub").resolve()
+    make_hub(root)
+    (root / "sub").mkdir()
+    agent_repos(root, "alpha")
+    (root / "alpha" / "src").mkdir()
+    for where in (root / "sub", root / "alpha" / "src"):
+        refused(run_car("hub", command, "--hub", str(where), cwd=tmp_path),
+                NO_HUB_INSIDE.format(where=where, root=root))
+        assert list(where.iterdir()) == []
+    agent_repos(tmp_path, "solo")
+    solo = (tmp_path / "solo").resolve()
+    (solo / "src").mkdir()
+    for where in (solo, solo / "src"):
+        refused(run_car("hub", command, "--hub", str(where), cwd=tmp_path), no_hub_in_repo(where, solo))
+    refused(run_car("hub", command, "--hub", str(root / "alpha"), cwd=tmp_path),
+            NO_HUB_INSIDE.format(where=root / "alpha", root=root))
 
 
 def test_hub_scan_without_a_config_makes_a_hub_root_and_prints_the_table(tmp_path: Path):
@@ -81,6 +157,26 @@ def test_hub_scan_without_a_config_makes_a_hub_root_and_prints_the_table(tmp_pat
     data = json.loads(again.stdout)
     assert [r["id"] for r in data["repos"]] == ["alpha", "beta"] and data["last_scan_at"]
     assert stamp(HubLayout(tmp_path).dir / "manifest.yml") == manifest
+
+
+def test_hub_scan_that_cannot_init_a_repo_prints_the_table_and_exits_1_with_one_line(tmp_path: Path):
+    root = tmp_path / "hub"
+    make_hub(root)
+    git_repos(root, "alpha", "broken")
+    (root / "broken" / CAR_DIR).write_text("in the way")
+    done = run_car("hub", "scan", cwd=root)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "car: " + INIT_FAILED_IN_SCAN.format(ids="broken") + "\n"
+    assert [line.split()[:3] for line in done.stdout.splitlines()[1:3]] == [
+        ["alpha", "alpha", "idle"], ["broken", "broken", "init_error"]]
+    assert "broken: " in done.stdout and "move it away and init again" in done.stdout
+    as_json = run_car("hub", "scan", "--json", cwd=root)
+    assert as_json.returncode == 1 and as_json.stderr == done.stderr
+    assert {r["id"]: r["status"] for r in json.loads(as_json.stdout)["repos"]} == {
+        "alpha": "idle", "broken": "init_error"}
+    (root / "broken" / CAR_DIR).unlink()
+    fixed = run_car("hub", "scan", cwd=root)
+    assert fixed.returncode == 0 and fixed.stderr == "", fixed.stderr
 
 
 def test_hub_status_needs_a_hub_and_reads_without_the_hub_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

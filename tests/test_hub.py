@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from car.errors import Conflict, LockError, NotFound
+from car.errors import Conflict, InitError, LockError, NotFound
 from car.hub import HubSupervisor
 from car.layout import GITIGNORE_TEXT, HubLayout, RepoLayout
 from car.lock import inspect_lock
@@ -92,6 +92,8 @@ def test_an_init_error_stays_with_its_repo_and_can_be_retried(tmp_path: Path):
             hub.run("file")
         (root / "file" / ".codex-autorunner").unlink()
         assert hub.init("file").status.value == "idle"
+        with pytest.raises(InitError, match=r"^dirconf: init failed: .*config\.yml: cannot read config"):
+            hub.init("dirconf")  # a failed init is an error, not an entry that looks like an answer
         assert hub.repo("dirconf").status.value == "init_error"
     saved = {r["id"]: r for r in json.loads(HubLayout(root).hub_state.read_text())["repos"]}
     assert saved["dirconf"]["status"] == "init_error" and saved["file"]["status"] == "idle"

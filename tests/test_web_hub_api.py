@@ -117,6 +117,21 @@ def test_init_an_uninitialized_repo(served, hub_root: Path):
     assert served.client.get("/repos/gamma/api/state").json["status"] == "idle"
 
 
+def test_a_failed_init_is_a_409_naming_the_repo_and_the_fix_and_the_list_says_init_error(served, hub_root: Path):
+    (hub_root / "gamma" / ".codex-autorunner").write_text("in the way")
+    reply = served.client.post("/hub/repos/gamma/init")
+    assert reply.status == 409 and reply.error_code == "init_error", reply.text
+    message = reply.json["error"]["message"]
+    assert "\n" not in message and message.startswith("gamma: init failed: ")
+    assert "is not a directory; move it away" in message
+    entry = served.entry("gamma")  # at once: the list is not served from before the init
+    assert entry["status"] == "init_error" and "is not a directory" in entry["error"]
+    (hub_root / "gamma" / ".codex-autorunner").unlink()
+    retried = served.client.post("/hub/repos/gamma/init")
+    assert retried.status == 200 and retried.json["repo"]["status"] == "idle"
+    assert served.entry("gamma")["error"] is None
+
+
 def test_a_missing_repo_cannot_run(served):
     reply = served.client.post("/hub/repos/delta/run")
     assert reply.status == 409 and "missing" in reply.json["error"]["message"]

@@ -138,7 +138,11 @@ class HubApi:
     def post_init(self, req: Request, repo_id: str) -> Response:
         req.json()
         self.hub.repo(repo_id)
-        return self._entry(self.hub.init(repo_id))
+        try:
+            entry = self.hub.init(repo_id)
+        finally:  # a failed init changed the entry too (init_error): the next list must show it
+            self.invalidate()
+        return self._entry(entry)
 
     def stream_events(self, req: Request) -> EventStream:
         return EventStream(self._events)

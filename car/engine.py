@@ -153,6 +153,8 @@ class Engine:
     def _may_write_state(self) -> bool:
         """state.json is the lock holder's: a loop that lost its lock still closes its run there, unless
         another process holds the lock now (then the state is that loop's, not ours to overwrite)."""
+        if not self.layout.dir.is_dir():  # the repo is gone: nothing is made again where it was
+            return False
         lost = self._check_lock()
         return lost is None or lost.status is LockStatus.UNLOCKED
 
@@ -182,6 +184,9 @@ class Engine:
 
     def _todo_counts(self) -> TodoCounts:
         path = self.config.doc_path(DocKind.TODO.value)
+        if not self.config.root.is_dir():
+            raise CarError(f"{self.config.root} is gone (moved or deleted) while its loop ran; the loop stops "
+                           f"(run `car status` where it is now)")
         if not path.exists():  # read as empty, it would end the loop as done
             raise CarError(f"{path}: the TODO file is missing; run `car init` to make it again, or fix "
                            f"docs.todo in .codex-autorunner/config.yml")

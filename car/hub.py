@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from car.bootstrap import init_repo
 from car.config import HubConfig, RepoConfig, load_config
@@ -184,6 +184,7 @@ class HubSupervisor:
                 entries[i] = self._listing.entry(slots[i])
             repos = tuple(entries)
             self._listing.mark_published(slots, repos)
+        self._end_gone_runs(repos)
         return repos
 
     def _settle(self, slot: RepoSlot, entry: RepoEntry) -> bool:
@@ -369,7 +370,19 @@ class HubSupervisor:
             changed = self._listing.changed(repo_ids)
         for entry in changed:
             self.events.publish(("repo", entry))
+        self._end_gone_runs(changed)
         return bool(changed)
+
+    def _end_gone_runs(self, entries: Iterable[RepoEntry]) -> None:
+        """A repo moved or deleted while this hub ran it: end the run. Its agent would go on working
+        wherever the directory went, with nobody watching, and `kill` could not reach it any more."""
+        for entry in entries:
+            with self._guard:
+                runner = self._runners.get(entry.id) if entry.status is _MISSING else None
+            if runner is not None and runner.active:
+                self.log.warning("%s: %s is gone (moved or deleted) while it ran; ending its run",
+                                 entry.id, runner.config.root)
+                runner.kill()
 
     def _flush(self) -> None:
         """Write hub_state.json and hub_cache.bin (atomically) where their content changed."""

@@ -10,7 +10,7 @@ from typing import Callable, List, Optional
 from car.agent import end_run_elsewhere, resolve_binary
 from car.config import RepoConfig, load_config
 from car.engine import Engine
-from car.errors import ConfigError, Conflict, LockError
+from car.errors import CarError, ConfigError, Conflict, LockError
 from car.feed import Feed
 from car.files import write_atomic
 from car.layout import RepoLayout
@@ -165,5 +165,8 @@ class RepoRunner:
         exc = None if future.cancelled() else future.exception()
         if exc is not None:
             self.last_error = str(exc)
-            self._errors.error("loop of %s crashed: %s", self.config.root, exc, exc_info=exc)
+            if isinstance(exc, CarError):  # said for a user (a lost lock, a repo moved away): one line
+                self._errors.error("loop of %s stopped: %s", self.config.root, exc)
+            else:
+                self._errors.error("loop of %s crashed: %s", self.config.root, exc, exc_info=exc)
         self._on_change()

@@ -265,6 +265,27 @@ def test_kill_ends_the_agent_and_its_child_and_spares_the_hub(tmp_path: Path, mo
         assert hub.run("alpha", once=True).status.value == "running"  # the hub goes on
 
 
+def test_a_repo_moved_out_of_the_hub_while_it_runs_has_its_run_ended(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    """QA: the moved repo's agent went on working where the directory went, with nobody watching."""
+    pidfile = hang_agent(monkeypatch, tmp_path)
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha", "beta")
+    with started(config) as hub:
+        hub.run("alpha")
+        pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 15, "agent and child")
+        (root / "alpha").rename(tmp_path / "elsewhere")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the moved repo's agent and child gone")
+        wait_until(lambda: hub.repo("alpha").status.value == "missing", 10, "listed missing")
+        assert hub.repo("beta").status.value == "idle"  # the others are untouched
+    assert not (root / "alpha").exists()  # nothing of it is made again where it was
+    log = config.log_path.read_text()
+    assert f"alpha: {root / 'alpha'} is gone (moved or deleted) while it ran; ending its run" in log
+    assert f"{root / 'alpha'} is gone (moved or deleted) while its loop ran; the loop stops" in log
+    assert "Traceback" not in log
+
+
 def test_resume_clears_a_stale_lock_and_never_a_live_one(tmp_path: Path):
     root = tmp_path / "hub"
     config = make_hub(root)

@@ -34,7 +34,8 @@ SCRIPTS = {  # one run as the model plays it
     "message": [{"message": "done"}],
 }
 RUN_TIMEOUT_SECONDS = 60
-STDLIB = "import argparse, dataclasses, json, logging.handlers, pathlib, queue, shutil, subprocess, threading, typing"
+# the stdlib modules `car once` imports (run logs do not use logging: car.logfile)
+STDLIB = "import argparse, dataclasses, json, pathlib, queue, shutil, subprocess, threading, typing"
 
 
 def find_codex() -> Path:

@@ -29,6 +29,9 @@ from car.status import LockStatus, RunStatus, StopReason
 ERROR_REASONS = {StopReason.AGENT_FAILED, StopReason.RUN_TIMEOUT, StopReason.IDLE_TIMEOUT,
                  StopReason.INTERRUPTED}
 DRAIN_SECONDS = 1.0  # after the agent exits, how long an orphan may hold its stdout open
+# agents' context windows hold a few hundred thousand tokens (~4 chars each): a prompt past this is
+# cut or refused by the model, and every run would fail the same way
+PROMPT_WARN_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,10 @@ class Engine:
         self._ran = True
         self.current_run_id, self.current_run_started_at = run_id, started_at
         self.log.start_run(run_id)
+        if len(prompt) > PROMPT_WARN_CHARS:
+            kind, text = max(docs.items(), key=lambda item: len(item[1]))
+            self.log.write(f"car: warning: the prompt is {len(prompt):,} characters, more than an agent reads "
+                           f"at once; the largest part is {cfg.doc_path(kind)} ({len(text):,}): trim it", run_id)
         self._on_change()
 
         reader = self._reader_factory()

@@ -430,3 +430,15 @@ def test_a_lock_taken_over_between_runs_ends_the_loop_before_the_next(repo: Path
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_prompt_too_big_for_an_agent_is_warned_of_in_the_run_naming_the_largest_doc(repo: Path) -> None:
+    spec = repo / ".codex-autorunner" / "SPEC.md"
+    spec.write_text("# SPEC\n" + "a line of a spec that grew far too long\n" * 30_000)  # ~1.2 MB
+    assert engine(repo).run_loop(once=True) is StopReason.STOP_AFTER_RUNS
+    lines = read_run(log_path(repo), 3, 1)
+    warning = next(line for line in lines if "car: warning: the prompt is" in line)
+    assert f"the largest part is {spec} (1,200,007): trim it" in warning
+    spec.write_text("# SPEC\n")
+    assert engine(repo).run_loop(once=True) is StopReason.TODO_DONE  # run 2 ticked the last item
+    assert not any("car: warning" in line for line in read_run(log_path(repo), 3, 2))

@@ -107,8 +107,8 @@ def hub_config(args: argparse.Namespace, create: bool = False) -> HubConfig:
 def _no_hub_at(path: Path) -> str:
     """Why --hub `path` names no hub, and what to pass instead: the hub or repo it is in, if any."""
     repo = enclosing_repo(path)
-    outer = _hub_above(repo.parent if repo is not None else path)
-    if outer is not None and (repo is None or outer.root in repo.parents):
+    outer = _hub_above(repo.parent if repo is not None else path)  # at or above: it holds the repo too
+    if outer is not None:
         return NO_HUB_INSIDE.format(where=path, root=outer.root)
     if repo is not None:
         return no_hub_in_repo(path, repo)
@@ -141,9 +141,8 @@ def _refuse_nested_hub(root: Path) -> None:
     found = find_config(root)
     if found is None:
         return
-    config = load_config(found)  # one that cannot be read: its ConfigError names the file
-    if not isinstance(config, HubConfig):
-        raise UsageError(WRONG_MODE_HUB_CMD.format(cmd="init", path=found))
+    # a repo's config was enclosing_repo's above; one that cannot be read: its ConfigError names the file
+    config = load_config(found)
     if config.root != root:  # (the hub itself: init is idempotent)
         repo = repo_holding(config.repos_root, root)
         raise UsageError(inside_hub_repo(root, repo, config.root) if repo is not None

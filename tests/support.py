@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -108,6 +109,17 @@ def run_car(*args: str, cwd: Path, timeout: float = 60, env: Optional[Dict[str, 
             **popen: Any) -> subprocess.CompletedProcess:
     return subprocess.run(car_cmd(*args), cwd=cwd, env=env or car_env(), capture_output=True,
                           text=True, timeout=timeout, **popen)
+
+
+def default_sighup() -> None:
+    """In a child before exec: SIGHUP at its default, even if pytest itself runs under nohup."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def start_car(repo: Path, *args: str, **env: str) -> subprocess.Popen:
+    """`car ARGS` in the background, its stdout and stderr as one text pipe."""
+    return subprocess.Popen(car_cmd(*args), cwd=repo, env=car_env(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sighup)
 
 
 def pid_alive(pid: int) -> bool:

@@ -17,7 +17,6 @@ from car.status import LockStatus
 
 from support import (
     FAKE_AGENT,
-    car_cmd,
     car_env,
     hang_agent,
     make_git_repo,
@@ -25,15 +24,11 @@ from support import (
     pid_alive,
     read_pids,
     run_car,
+    start_car,
     update_config,
     wait_until,
     write_todo,
 )
-
-
-def start_car(repo: Path, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(car_cmd(*args), cwd=repo, env=car_env(**env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 30) -> str:

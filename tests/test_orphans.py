@@ -30,10 +30,12 @@ from support import (
     FAKE_AGENT,
     car_cmd,
     car_env,
+    default_sighup,
     make_repo,
     pid_alive,
     read_pids,
     run_car,
+    start_car,
     update_config,
     wait_until,
 )
@@ -56,16 +58,6 @@ PROBE_AGENT = textwrap.dedent("""
         fh.write(" ".join(str(p) for p in pids if alive(p)) + "\\n")
     print("probe: done", flush=True)
 """)
-
-def default_sighup() -> None:
-    """In the child before exec: SIGHUP at its default, even if pytest itself runs under nohup."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
-def start_car(repo: Path, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(car_cmd(*args), cwd=repo, env=car_env(**env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sighup)
-
 
 def wait_for_agent(repo: Path, pidfile: Path) -> Tuple[List[int], LockInfo]:
     """The hanging agent's pid and its child's, once the lock records the agent's group and token."""
@@ -91,6 +83,18 @@ def orphaned(repo: Path, tmp_path: Path) -> Iterator[Tuple[List[int], LockInfo]]
         assert inspect_lock(RepoLayout(repo).lock).status is LockStatus.LOCKED_STALE
         yield pids, info
     finally:
+        kill_left(read_pids(pidfile))
+
+
+@contextmanager
+def ended_at_exit(car: subprocess.Popen, pidfile: Path) -> Iterator[None]:
+    """Whatever the test's outcome, car and the agent's processes are gone after it."""
+    try:
+        yield
+    finally:
+        if car.poll() is None:
+            car.kill()
+            car.communicate(timeout=30)
         kill_left(read_pids(pidfile))
 
 
@@ -166,16 +170,11 @@ def test_run_refuses_the_stale_lock_but_ends_the_orphan_first(repo: Path, orphan
 def test_sighup_ends_the_agent_and_records_the_run_like_sigterm(repo: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     car = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
-    try:
+    with ended_at_exit(car, pidfile):
         pids, _ = wait_for_agent(repo, pidfile)
         car.send_signal(signal.SIGHUP)
         out, _ = car.communicate(timeout=30)
         alive = [p for p in pids if pid_alive(p)]
-    finally:
-        if car.poll() is None:
-            car.kill()
-            car.communicate(timeout=30)
-        kill_left(read_pids(pidfile))
     assert car.returncode == 0 and "loop ended: killed" in out, out
     assert alive == []
     layout = RepoLayout(repo)
@@ -210,16 +209,11 @@ def test_closing_the_terminal_of_car_run_ends_its_agent(repo: Path, tmp_path: Pa
     """The real thing: car run on a terminal of its own, whose far end then goes away."""
     pidfile = tmp_path / "pids"
     car, terminal = start_on_a_terminal(repo, pidfile)
-    try:
+    with ended_at_exit(car, pidfile):
         pids, _ = wait_for_agent(repo, pidfile)
         os.close(terminal)  # the terminal window closes: the kernel hangs up car's session
         car.wait(timeout=30)
         alive = [p for p in pids if pid_alive(p)]
-    finally:
-        if car.poll() is None:
-            car.kill()
-            car.wait(timeout=30)
-        kill_left(read_pids(pidfile))
     # its own exit code (killed, as for SIGTERM): its last line, to a terminal that is gone (EIO), is dropped
     assert car.returncode == 0, "car died of the hangup, or of printing to the terminal that is gone"
     assert alive == []
@@ -232,15 +226,10 @@ def test_the_last_line_to_a_terminal_that_is_gone_is_no_traceback(repo: Path, tm
     pidfile, errors = tmp_path / "pids", tmp_path / "stderr"
     with errors.open("wb") as stderr:
         car, terminal = start_on_a_terminal(repo, pidfile, stderr)
-    try:
+    with ended_at_exit(car, pidfile):
         wait_for_agent(repo, pidfile)
         os.close(terminal)
         car.wait(timeout=30)
-    finally:
-        if car.poll() is None:
-            car.kill()
-            car.wait(timeout=30)
-        kill_left(read_pids(pidfile))
     assert (car.returncode, errors.read_text()) == (0, "")
     assert load_state(RepoLayout(repo).state).stop_reason == "killed"
 

@@ -39,7 +39,7 @@ class RunLog:
     """The log of one repo: every line timestamped, runs framed by markers."""
 
     def __init__(self, path: Path, max_bytes: int, backup_count: int, feed: Optional[Feed] = None) -> None:
-        self.path, self.max_bytes, self.backup_count = path, max_bytes, backup_count
+        self.path, self.max_bytes = path, max_bytes
         self.feed = feed
         self._file = LogFile(path, backup_count)  # no max_bytes: a run is never split across files
 

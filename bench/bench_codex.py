@@ -5,6 +5,7 @@ Run from the project root: python3 bench/bench_codex.py [--runs 20] [--script to
 Both sides talk to one scripted model server (tests/model_server.py), with one CODEX_HOME, in the
 same repo, interleaved so machine noise hits both alike. Prints figures; asserts nothing.
 Target: car adds under 50 ms per run (`car once` includes python startup, config, log, state).
+`car run` over --loop-runs runs shows the same cost as a loop pays it: the start once, then per run.
 `car once` runs the built car.pyz (what users run), under this machine's python and under a clean
 venv's; "python + car's stdlib" is a clean interpreter importing only the stdlib modules car needs,
 the floor of any Python program built like car.
@@ -66,18 +67,20 @@ def summary(name: str, seconds: List[float]) -> str:
             f"min {min(ms):7.1f} ms  max {max(ms):7.1f} ms")
 
 
-def bench(runs: int, warmup: int, script_name: str, real_home: bool) -> None:
+def bench(runs: int, warmup: int, script_name: str, real_home: bool, loop_runs: int) -> None:
     codex = find_codex()
     version = subprocess.run([str(codex), "--version"], capture_output=True, text=True,
                              timeout=30).stdout.strip()
     turns = SCRIPTS[script_name]
-    total_runs = (runs + warmup) * 4  # four sides run the agent
+    total_runs = (runs + warmup) * (4 + loop_runs)  # four sides run the agent once, `car run` loop_runs times
     with tempfile.TemporaryDirectory(prefix="car-bench-codex-") as tmp, \
             ModelServer(turns * total_runs, max_requests=len(turns) * total_runs + 10,
                         max_lifetime_seconds=RUN_TIMEOUT_SECONDS * total_runs) as srv:
         repo = make_repo(Path(tmp) / "repo", items=("never ticked",))
-        update_config(repo, codex={"binary": str(codex), "args": list(CODEX_ARGS)},
-                      runner={"sleep_seconds": 0, "no_progress_runs": None})
+        loop_repo = make_repo(Path(tmp) / "loop-repo", items=("never ticked",))
+        for path, stop_after in ((repo, None), (loop_repo, loop_runs)):
+            update_config(path, codex={"binary": str(codex), "args": list(CODEX_ARGS)},
+                          runner={"sleep_seconds": 0, "no_progress_runs": None, "stop_after_runs": stop_after})
         home = write_codex_home(Path(tmp) / "codex-home", srv.base_url)
         agent_env = codex_env(home)
         if real_home:
@@ -91,14 +94,15 @@ def bench(runs: int, warmup: int, script_name: str, real_home: bool) -> None:
         env["SHIV_ROOT"] = str(Path(tmp) / "shiv")
         env.pop("PYTHONPATH", None)
 
-        def side(*argv: str) -> Callable[[], None]:
-            return lambda: run_checked(list(argv), repo, env, Path(os.devnull))
+        def side(*argv: str, cwd: Path = repo) -> Callable[[], None]:
+            return lambda: run_checked(list(argv), cwd, env, Path(os.devnull))
 
         sides = {
             "codex exec alone": lambda: run_checked([str(codex), *CODEX_ARGS], repo, env, prompt),
             "car once": side(sys.executable, pyz, "once"),
             "car once (clean venv)": side(clean, pyz, "once"),
             "Engine once (in-proc)": in_process,
+            f"car run ({loop_runs} runs)": side(clean, pyz, "run", cwd=loop_repo),
             "clean python -c pass": side(clean, "-c", "pass"),
             "python + car's stdlib": side(clean, "-c", STDLIB),
         }
@@ -125,6 +129,10 @@ def bench(runs: int, warmup: int, script_name: str, real_home: bool) -> None:
         d_mean = (statistics.mean(times[name]) - statistics.mean(alone)) * 1000
         print(f"added by {name:<22} median {d_med:+7.1f} ms  mean {d_mean:+7.1f} ms per run "
               f"(target < 50 ms)")
+    loop = times[f"car run ({loop_runs} runs)"]
+    per_run = (statistics.median(loop) / loop_runs - statistics.median(alone)) * 1000
+    print(f"added by car run (clean venv), {loop_runs} runs in one loop: median {per_run:+7.1f} ms per run "
+          f"(its start shared by {loop_runs} runs)")
 
 
 def in_process_runner(repo: Path, agent_env: Dict[str, str]) -> Callable[[], None]:
@@ -156,10 +164,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--script", choices=sorted(SCRIPTS), default="tool")
+    parser.add_argument("--loop-runs", type=int, default=5, help="runs of the one `car run` side (default 5)")
     parser.add_argument("--real-home", action="store_true",
                         help="keep your HOME (tool shells source your ~/.bashrc)")
     args = parser.parse_args()
-    bench(args.runs, args.warmup, args.script, args.real_home)
+    bench(args.runs, args.warmup, args.script, args.real_home, args.loop_runs)
 
 
 if __name__ == "__main__":

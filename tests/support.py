@@ -145,3 +145,8 @@ def hang_agent(monkeypatch: Any, tmp_path: Path) -> Path:
     monkeypatch.setenv("FAKE_AGENT_MODE", "hang")
     monkeypatch.setenv("FAKE_AGENT_PIDFILE", str(pidfile))
     return pidfile
+
+
+def agent_and_child(pidfile: Path) -> list:
+    """The pids of a hang agent (hang_agent) and its child, once both are up."""
+    return wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 20, "agent and child")

@@ -17,6 +17,7 @@ from car.status import LockStatus
 
 from support import (
     FAKE_AGENT,
+    agent_and_child,
     car_env,
     hang_agent,
     make_git_repo,
@@ -139,7 +140,7 @@ def test_second_run_in_the_same_repo_exits_1_naming_the_holder(repo: Path, tmp_p
 def test_sigterm_ends_the_agent_records_the_run_and_unlocks(repo: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     proc = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
-    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent + child")
+    pids = agent_and_child(pidfile)
     proc.send_signal(signal.SIGTERM)
     out = finish(proc)
     assert "loop ended: killed" in out
@@ -154,7 +155,7 @@ def test_sigterm_ends_the_agent_records_the_run_and_unlocks(repo: Path, tmp_path
 def test_kill_dash_9_of_car_run_is_reconciled(repo: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     proc = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
-    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent + child")
+    pids = agent_and_child(pidfile)
     proc.kill()
     finish(proc)
     try:
@@ -190,7 +191,7 @@ def test_stop_between_runs_and_kill_from_another_process(repo: Path, tmp_path: P
 
     pidfile = tmp_path / "pids"
     proc = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
-    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent + child")
+    pids = agent_and_child(pidfile)
     killed = run_car("kill", cwd=repo)
     assert killed.returncode == 0 and "killed the current run" in killed.stdout
     assert "loop ended: killed" in finish(proc)

@@ -22,7 +22,7 @@ from car.recovery import reconcile
 from car.state import load_state
 from car.status import LockStatus, StopReason
 
-from support import git, hang_agent, pid_alive, read_pids, update_config, wait_until, write_todo
+from support import agent_and_child, git, hang_agent, pid_alive, read_pids, update_config, wait_until, write_todo
 
 
 def engine(repo: Path, **runner) -> Engine:
@@ -160,7 +160,7 @@ def test_kill_ends_the_agent_and_its_child(repo: Path, monkeypatch: pytest.Monke
     pidfile = hang_agent(monkeypatch, tmp_path)
     eng = engine(repo)
     t, result = loop_in_thread(eng)
-    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent and child")
+    pids = agent_and_child(pidfile)
     assert all(pid_alive(p) for p in pids)
     eng.kill()
     t.join(20)
@@ -178,7 +178,7 @@ def test_kill_escalates_when_the_agent_ignores_sigint(repo: Path, monkeypatch: p
     monkeypatch.setenv("FAKE_AGENT_IGNORE_INT", "1")
     eng = engine(repo, kill_grace_seconds=1)
     t, result = loop_in_thread(eng)
-    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent and child")
+    pids = agent_and_child(pidfile)
     eng.kill()
     t.join(20)
     assert result["reason"] is StopReason.KILLED

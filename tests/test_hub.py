@@ -18,7 +18,17 @@ from car.state import RepoState, save_state
 from car.status import LockStatus
 
 from hub_fixtures import agent_repos, git_repos, hub_config, make_hub, stamp, started, wait_status
-from support import backdate, car_cmd, car_env, hang_agent, pid_alive, read_pids, wait_until, write_todo
+from support import (
+    agent_and_child,
+    backdate,
+    car_cmd,
+    car_env,
+    hang_agent,
+    pid_alive,
+    read_pids,
+    wait_until,
+    write_todo,
+)
 
 
 def manifest_of(root: Path) -> list:
@@ -255,7 +265,7 @@ def test_kill_ends_the_agent_and_its_child_and_spares_the_hub(tmp_path: Path, mo
     agent_repos(root, "alpha")
     with started(config) as hub:
         hub.run("alpha")
-        pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 15, "agent and child")
+        pids = agent_and_child(pidfile)
         assert inspect_lock(RepoLayout(root / "alpha").lock).pid == os.getpid()  # the hub holds the lock
         hub.kill("alpha")
         wait_until(lambda: not any(pid_alive(p) for p in pids), 15, "agent and child gone")
@@ -274,7 +284,7 @@ def test_a_repo_moved_out_of_the_hub_while_it_runs_has_its_run_ended(tmp_path: P
     agent_repos(root, "alpha", "beta")
     with started(config) as hub:
         hub.run("alpha")
-        pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 15, "agent and child")
+        pids = agent_and_child(pidfile)
         (root / "alpha").rename(tmp_path / "elsewhere")
         wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the moved repo's agent and child gone")
         wait_until(lambda: hub.repo("alpha").status.value == "missing", 10, "listed missing")
@@ -357,7 +367,7 @@ def test_kill_of_another_process_run_ends_its_agent_never_that_process(
         proc = subprocess.Popen(car_cmd("run"), cwd=root / "alpha", env=car_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 20, "agent and child")
+            pids = agent_and_child(pidfile)
             assert inspect_lock(RepoLayout(root / "alpha").lock).pid == proc.pid
             hub.kill("alpha")
             wait_until(lambda: not any(pid_alive(p) for p in pids), 15, "agent and child gone")

@@ -28,6 +28,7 @@ from car.status import LockStatus
 from hub_fixtures import agent_repos, make_hub, started, wait_status
 from support import (
     FAKE_AGENT,
+    agent_and_child,
     car_cmd,
     car_env,
     default_sighup,
@@ -61,7 +62,7 @@ PROBE_AGENT = textwrap.dedent("""
 
 def wait_for_agent(repo: Path, pidfile: Path) -> Tuple[List[int], LockInfo]:
     """The hanging agent's pid and its child's, once the lock records the agent's group and token."""
-    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 20, "agent and child")
+    pids = agent_and_child(pidfile)
     info = wait_until(lambda: (lambda i: i if i.run_token else None)(inspect_lock(RepoLayout(repo).lock)), 10,
                       "the lock to record the agent")
     return pids, info
@@ -243,7 +244,7 @@ def spawn_orphan(tmp_path: Path, token: str = "", **env: str) -> Tuple[subproces
         env[TOKEN_VAR] = token
     proc = subprocess.Popen([sys.executable, str(FAKE_AGENT)], env=env, start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=tmp_path)
-    return proc, wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 20, "orphan + child")
+    return proc, agent_and_child(pidfile)
 
 
 def dead_pid() -> int:

@@ -14,7 +14,7 @@ from car.errors import ConfigError, Conflict, LockError
 from car.layout import RepoLayout
 from car.runner import RepoRunner
 
-from support import hang_agent, pid_alive, read_pids, update_config, wait_until, write_todo
+from support import agent_and_child, hang_agent, pid_alive, update_config, wait_until, write_todo
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_kill_ends_the_run_group_and_keeps_this_process(repo: Path, pool, monkey
     pidfile = hang_agent(monkeypatch, tmp_path)
     runner = make_runner(repo, pool)
     runner.start()
-    pids = wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), what="agent + child")
+    pids = agent_and_child(pidfile)
     runner.kill()
     runner.wait(timeout=30)
     assert not any(pid_alive(p) for p in pids)

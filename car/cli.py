@@ -192,7 +192,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"started {view.last_run_started_at or '-'}, finished {view.last_run_finished_at or '-'})")
     print(f"stop reason: {view.stop_reason or '-'}")
     if view.lock_status == LockStatus.LOCKED_STALE.value:
-        print("the lock is stale (its owner is gone): `car resume` clears it and continues")
+        print("the lock is stale (its owner is gone, or it was copied or moved here): "
+              "`car resume` clears it and continues")
     return 0
 
 

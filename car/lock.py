@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
@@ -27,6 +27,8 @@ class LockInfo:
     run_token: Optional[str] = None
     agent_started: Optional[str] = None  # the group leader's start time: see recovery.find_orphan
     owner_token: Optional[str] = None  # random per acquire_lock: tells this loop's lock from a later one
+    made_in: Optional[str] = None  # set only when the lock was made in another directory (see _carried)
+    copied: bool = False  # made_in still holds this very lock: this one is a copy, its run is made_in's
 
 
 def process_start_time(pid: int) -> Optional[str]:
@@ -63,11 +65,11 @@ def inspect_lock(path: Path) -> LockInfo:
         return LockInfo(LockStatus.UNLOCKED)
     except OSError:
         raw = None
-    return _judge(raw)
+    return _judge(raw, path)
 
 
-def _judge(raw: Optional[bytes]) -> LockInfo:
-    """What a lock file's bytes say (None: it could not be read)."""
+def _judge(raw: Optional[bytes], path: Path) -> LockInfo:
+    """What the bytes of the lock file at `path` say (None: it could not be read)."""
     if raw is None:  # unreadable (a directory in its place): nobody can own it, so it reads as stale
         return LockInfo(LockStatus.LOCKED_STALE)
     try:
@@ -79,7 +81,7 @@ def _judge(raw: Optional[bytes]) -> LockInfo:
         return LockInfo(LockStatus.LOCKED_STALE)
     alive = is_alive(pid, data.get("pid_started"))
     pgid = data.get("agent_pgid")
-    return LockInfo(
+    info = LockInfo(
         LockStatus.LOCKED_ALIVE if alive else LockStatus.LOCKED_STALE,
         pid=pid,
         pid_started=_text(data.get("pid_started")),
@@ -90,6 +92,36 @@ def _judge(raw: Optional[bytes]) -> LockInfo:
         agent_started=_text(data.get("agent_started")),
         owner_token=_text(data.get("owner_token")),
     )
+    made_in = _text(data.get("dir"))
+    return _carried(info, made_in, path) if made_in is not None and os.path.isabs(made_in) else info
+
+
+def _carried(info: LockInfo, made_in: str, path: Path) -> LockInfo:
+    """`info` judged again if the lock was carried here from `made_in` (the repo was moved or copied).
+
+    The owner of a carried lock may live on (a hub runs many repos in one process), so a live pid
+    proves nothing here. The lock is alive only while its agent still runs, which means the repo was
+    moved during a run (the agent moved with it). A copy of a lock that `made_in` still holds is
+    that repo's: stale here, and its run is never ended from here."""
+    try:
+        if os.path.samestat(os.stat(made_in), os.stat(path.parent)):
+            return info  # the same directory under another name (a symlink, a bind mount)
+    except OSError:
+        pass  # made_in is gone (the repo was moved)
+    copied = info.owner_token is not None and _owner_token(Path(made_in) / path.name) == info.owner_token
+    agent_runs = info.agent_pgid is not None and is_alive(info.agent_pgid, info.agent_started)
+    alive = info.status is LockStatus.LOCKED_ALIVE and agent_runs and not copied
+    return replace(info, status=LockStatus.LOCKED_ALIVE if alive else LockStatus.LOCKED_STALE,
+                   made_in=made_in, copied=copied)
+
+
+def _owner_token(path: Path) -> Optional[str]:
+    """The owner_token of the lock file at `path`, None if there is none (read only: no judging)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return _text(data.get("owner_token")) if isinstance(data, dict) else None
 
 
 def _text(value: object) -> Optional[str]:
@@ -98,9 +130,11 @@ def _text(value: object) -> Optional[str]:
 
 def lock_held_message(path: Path, info: LockInfo) -> str:
     if info.status is LockStatus.LOCKED_STALE:
-        who = f"dead pid {info.pid}" if info.pid else "an unreadable owner"
-        return (f"{path} is a stale lock left by {who}; "
-                f"run `car resume` (under a hub: Resume on its page) to clear it and continue")
+        if info.made_in is not None:
+            who = f"was carried here from {info.made_in} (moved or copied), and no run of it is going here"
+        else:
+            who = f"is a stale lock left by {f'dead pid {info.pid}' if info.pid else 'an unreadable owner'}"
+        return f"{path} {who}; run `car resume` (under a hub: Resume on its page) to clear it and continue"
     return (f"{path} is held by pid {info.pid} (running since {info.started_at}); "
             f"stop it with `car stop` or wait for it")
 
@@ -125,7 +159,7 @@ def acquire_lock(path: Path) -> LockInfo:
     pid = os.getpid()
     body = {"pid": pid, "pid_started": process_start_time(pid), "started_at": utc_now(),
             "host": os.uname().nodename, "agent_pgid": None, "run_token": None, "agent_started": None,
-            "owner_token": os.urandom(8).hex()}
+            "owner_token": os.urandom(8).hex(), "dir": os.path.abspath(path.parent)}
     try:
         # whole or not at all: a lock seen empty, between its creation and its first write, would read
         # as stale, and a `car resume` at that moment would remove it
@@ -153,7 +187,7 @@ def update_lock(path: Path, agent_pgid: Optional[int], run_token: Optional[str],
         raw = path.read_bytes()
     except OSError:  # gone (removed by hand): made again here, it would hide that from a second loop
         return False
-    if not is_own_lock(_judge(raw), owner_token):
+    if not is_own_lock(_judge(raw, path), owner_token):
         return False
     data = json.loads(raw)
     started = process_start_time(agent_pgid) if agent_pgid else None
@@ -197,7 +231,7 @@ def _remove_if(path: Path, wanted: Callable[[LockInfo], bool]) -> Tuple[LockInfo
         return LockInfo(LockStatus.UNLOCKED), False
     try:
         _flock(fd)
-        info = _judge(_read_all(fd))
+        info = _judge(_read_all(fd), path)
         if not wanted(info):
             return info, False
         try:

@@ -60,8 +60,9 @@ def end_orphaned_run(config: RepoConfig, info: Optional[LockInfo] = None) -> Opt
     Conflict if some of it outlives SIGKILL: nothing may clear that lock or start a second agent.
     """
     info = info or inspect_lock(RepoLayout(config.root).lock)
-    # a live owner ends its own run (`car kill` writes the stop file and signals its agent's group)
-    if info.status is not LockStatus.LOCKED_STALE or not (info.agent_pgid or info.run_token):
+    # a live owner ends its own run (`car kill` writes the stop file and signals its agent's group);
+    # a copied lock's run is the original repo's, which still holds that lock
+    if info.status is not LockStatus.LOCKED_STALE or info.copied or not (info.agent_pgid or info.run_token):
         return None
     from car.agent import end_run_elsewhere
 

@@ -286,3 +286,27 @@ def test_a_second_run_after_the_lock_was_removed_by_hand_stops_the_first_and_kee
                 proc.send_signal(signal.SIGTERM)
                 finish(proc)
     assert second is not None and second.returncode == 0 and not lock.exists()  # it released its own lock
+
+
+def test_a_copy_of_a_running_repo_can_run_while_the_original_runs_on(repo: Path, tmp_path: Path) -> None:
+    """QA: `cp -r` of a running repo showed the copy as locked by the original's loop."""
+    go, pids = tmp_path / "go", tmp_path / "pids"
+    original = start_car(repo, "run", FAKE_AGENT_WAIT_FOR=str(go), FAKE_AGENT_PIDFILE=str(pids))
+    try:
+        wait_until(lambda: inspect_lock(RepoLayout(repo).lock).agent_pgid, 20, "the original's agent in its lock")
+        copy = tmp_path / "copy"
+        subprocess.run(["cp", "-a", str(repo), str(copy)], check=True, timeout=30)
+        status = json.loads(run_car("status", "--json", cwd=copy).stdout)
+        assert status["lock_status"] == "locked_stale" and not status["running"]
+        resumed = run_car("resume", "--once", cwd=copy)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "TODO 1/2 done" in resumed.stdout and not RepoLayout(copy).lock.exists()
+        agent = read_pids(pids)[0]
+        assert pid_alive(agent) and inspect_lock(RepoLayout(repo).lock).pid == original.pid  # untouched
+        go.touch()
+        original.send_signal(signal.SIGTERM)
+        finish(original)
+    finally:
+        if original.poll() is None:
+            original.kill()
+            finish(original)

@@ -7,13 +7,19 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from car.config import load_config
 from car.errors import LockError
-from car.lock import acquire_lock, clear_stale_lock, inspect_lock, release_lock, update_lock
+from car.layout import RepoLayout
+from car.lock import acquire_lock, clear_stale_lock, inspect_lock, lock_held_message, release_lock, update_lock
+from car.recovery import end_orphaned_run
 from car.status import LockStatus
+
+from support import make_repo
 
 RACERS, ROUNDS = 3, 300
 BARRIER_SECONDS = 20  # a racer that never arrives breaks the barrier: the test fails, it does not hang
@@ -105,3 +111,60 @@ def test_racing_resumes_never_remove_the_lock_one_of_them_has_just_taken(tmp_pat
     assert [racer.exitcode for racer in racers] == [0] * RACERS
     bad = [(n, wins[n], intact[n]) for n in range(ROUNDS) if (wins[n], intact[n]) != (1, 1)]
     assert not bad, f"rounds (round, winners, winners whose lock survived) that went wrong: {bad[:10]}"
+
+
+@contextlib.contextmanager
+def running_agent(lock: Path):
+    """A real agent in its own group, recorded in `lock` (which this process holds) as a loop records it."""
+    token = os.urandom(12).hex()
+    agent = subprocess.Popen(["sleep", "60"], start_new_session=True, env=dict(os.environ, CAR_RUN_TOKEN=token))
+    try:
+        assert update_lock(lock, agent.pid, token)
+        yield agent
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_a_copy_of_a_live_lock_is_stale_in_the_copy_and_never_ends_the_originals_run(tmp_path: Path) -> None:
+    """QA: a `cp -r` of a running repo showed the copy running, and clearing it could end the original's run."""
+    original = make_repo(tmp_path / "original")
+    lock = RepoLayout(original).lock
+    acquire_lock(lock)
+    with running_agent(lock) as agent:
+        copy = tmp_path / "copy"
+        shutil.copytree(original, copy, symlinks=True)
+        copied = inspect_lock(RepoLayout(copy).lock)
+        assert copied.status is LockStatus.LOCKED_STALE and copied.copied
+        assert copied.made_in == str(original / ".codex-autorunner")
+        assert "was carried here from" in lock_held_message(RepoLayout(copy).lock, copied)
+        assert end_orphaned_run(load_config(RepoLayout(copy).config)) is None
+        assert clear_stale_lock(RepoLayout(copy).lock)
+        assert agent.poll() is None and inspect_lock(lock).status is LockStatus.LOCKED_ALIVE  # untouched
+    assert release_lock(lock)
+
+
+def test_a_repo_moved_while_its_agent_runs_stays_locked_until_that_agent_ends(tmp_path: Path) -> None:
+    """QA: a repo moved while a hub ran it stayed "running" in its new place for as long as the hub lived."""
+    old = tmp_path / "old"
+    old.mkdir()
+    acquire_lock(old / "lock")
+    with running_agent(old / "lock") as agent:
+        new = old.rename(tmp_path / "new")
+        moved = inspect_lock(new / "lock")  # the owner (this process) lives on, as a hub does
+        assert moved.status is LockStatus.LOCKED_ALIVE and moved.made_in == str(old) and not moved.copied
+        agent.kill()
+        agent.wait()
+    assert inspect_lock(new / "lock").status is LockStatus.LOCKED_STALE  # nothing of it runs here now
+    assert clear_stale_lock(new / "lock") and not (new / "lock").exists()
+
+
+def test_a_lock_moved_between_runs_is_stale_and_one_seen_through_a_symlink_is_not_carried(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    acquire_lock(old / "lock")
+    (tmp_path / "link").symlink_to(old)
+    through_link = inspect_lock(tmp_path / "link" / "lock")
+    assert through_link.status is LockStatus.LOCKED_ALIVE and through_link.made_in is None
+    new = old.rename(tmp_path / "new")  # its owner lives on, between two runs: no agent
+    assert inspect_lock(new / "lock").status is LockStatus.LOCKED_STALE

@@ -12,13 +12,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Tuple, TypeVar, Union
 
 from car.errors import AgentError
 
 TOKEN_VAR = "CAR_RUN_TOKEN"
 MAX_LINE_BYTES = 64 * 1024
 SWEEP_GRACE_SECONDS = 1.0  # between the sweep's SIGTERM and its SIGKILL
+T = TypeVar("T")
 
 
 class Event:
@@ -165,16 +166,26 @@ def sweep_token(token: str, grace_seconds: float = SWEEP_GRACE_SECONDS, rounds: 
     pids = pids_with_token(token)
     if pids and grace_seconds > 0:
         _signal_pids(pids, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.01)  # a /proc scan costs ~1 ms; most processes go at once
-            pids = pids_with_token(token)  # a zombie's environ cannot be read: gone for us
+        # a /proc scan costs ~1 ms and most processes go at once; a zombie's environ cannot be read: gone for us
+        pids = wait_gone(lambda: pids_with_token(token), grace_seconds, 0.01)
     for _ in range(rounds):
         if not pids:
             return
         _signal_pids(pids, signal.SIGKILL)
         time.sleep(0.05)  # let the kernel reap before looking again
         pids = pids_with_token(token)
+
+
+def wait_gone(look: Callable[[], T], seconds: float, interval: float = 0.05) -> T:
+    """Look every `interval` until `look()` finds nothing alive or `seconds` pass; what it found last.
+
+    For another process's processes: car holds no handle to wait on, so it looks again."""
+    deadline = time.monotonic() + seconds
+    left = look()
+    while left and time.monotonic() < deadline:
+        time.sleep(interval)
+        left = look()
+    return left
 
 
 def _signal_pids(pids: List[int], sig: int) -> None:
@@ -189,9 +200,7 @@ def end_run_elsewhere(pgid: Optional[int], token: Optional[str], grace_seconds: 
         for sig in (signal.SIGINT, signal.SIGTERM):
             if not signal_group(pgid, sig):
                 break
-            deadline = time.monotonic() + grace_seconds / 2
-            while time.monotonic() < deadline and _group_alive(pgid):
-                time.sleep(0.05)  # another process's children: no handle to wait on
+            wait_gone(lambda: _group_alive(pgid), grace_seconds / 2)
         signal_group(pgid, signal.SIGKILL)
     if token:
         sweep_token(token)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -79,17 +78,12 @@ def end_orphaned_run(config: RepoConfig, info: Optional[LockInfo] = None) -> Opt
 
 def _wait_gone(info: LockInfo, pgid: Optional[int]) -> List[int]:
     """The run's processes still alive after SIGKILL, once they had SURVIVOR_WAIT_SECONDS to go."""
-    from car.agent import group_members, pids_with_token
+    from car.agent import group_members, pids_with_token, wait_gone
 
     def alive() -> List[int]:
         return sorted(set(pids_with_token(info.run_token or "")) | set(group_members(pgid) if pgid else ()))
 
-    deadline = time.monotonic() + SURVIVOR_WAIT_SECONDS
-    left = alive()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)  # another process's children: no handle to wait on
-        left = alive()
-    return left
+    return wait_gone(alive, SURVIVOR_WAIT_SECONDS)
 
 
 def reconcile(config: RepoConfig, *,

@@ -342,13 +342,15 @@ class Engine:
 
     def _pump(self, agent: AgentProcess, run_id: int, reader: OutputReader,
               wall_deadline: Optional[float]) -> Optional[StopReason]:
-        """Log the agent's lines until it is gone, enforcing the watchdogs."""
+        """Log the agent's lines until it has exited and its output is read, enforcing the watchdogs."""
         runner = self.config.runner
         start = last_output = self._clock()
         end_reason: Optional[StopReason] = None
         exited = eof = cleaned = False
         drain_until: Optional[float] = None
-        while not eof:
+        # an agent may close its stdout and work on (a wrapper that sends its output to a file): the
+        # run lasts until it exits, under the same watchdogs (no output counts as idle)
+        while not (eof and exited):
             now = self._clock()
             deadlines = []
             if end_reason is None:
@@ -388,6 +390,4 @@ class Engine:
                 end_reason = self._kill_reason or StopReason.KILLED
                 self.log.write(f"car: {end_reason.value}: ending the agent", run_id)
                 agent.terminate(self.config.runner.kill_grace_seconds)
-        if not exited:
-            agent.clean_up()
         return end_reason

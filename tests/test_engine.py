@@ -206,6 +206,19 @@ def test_kill_reaches_a_process_in_its_own_session(repo: Path, tmp_path: Path) -
     wait_until(lambda: not pid_alive(pid), timeout=5, what="the escaped process to be swept")
 
 
+def test_an_agent_that_closes_its_output_and_works_on_is_waited_for(repo: Path, tmp_path: Path) -> None:
+    """QA: an agent that sent its output elsewhere mid-run was killed at once and its run called failed."""
+    agent = tmp_path / "quiet-agent"
+    agent.write_text("#!/bin/sh\ncat >/dev/null\necho working\nexec >/dev/null 2>&1\nsleep 1\n"
+                     "sed -i 's/- \\[ \\] first/- [x] first/' .codex-autorunner/TODO.md\n")
+    agent.chmod(0o755)
+    update_config(repo, codex={"binary": str(agent), "args": []})
+    engine(repo).run_loop(once=True)
+    s = state(repo)
+    assert (s.last_exit_code, s.stop_reason) == (0, "stop_after_runs")
+    assert "- [x] first" in (repo / ".codex-autorunner" / "TODO.md").read_text()
+
+
 def test_run_timeout_watchdog(repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pidfile = hang_agent(monkeypatch, tmp_path)
     assert engine(repo, run_timeout_seconds=1).run_loop() is StopReason.RUN_TIMEOUT

@@ -200,7 +200,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     import threading
 
-    from car.logs import follow, list_runs, read_run, tail
+    from car.logs import follow, list_runs, log_tail, read_run
 
     config = repo_config(args)
     path, backups = config.log_path, config.log.backup_count
@@ -211,7 +211,7 @@ def cmd_log(args: argparse.Namespace) -> int:
             span = f"runs {known[0]}..{known[-1]} are in the log" if known else "the log holds no runs"
             raise CarError(f"run {args.run} is not in {path} or its backups; {span}")
     else:
-        lines = tail(path, args.tail)
+        lines = log_tail(path, backups, args.tail)
     for line in lines:
         print(line)
     sys.stdout.flush()  # a reader that has left shows now, not after the next new line

@@ -164,6 +164,17 @@ def tail(path: Path, n: int) -> List[str]:
     return data.decode("utf-8", errors="replace").splitlines()[-n:]
 
 
+def log_tail(path: Path, backup_count: int, n: int) -> List[str]:
+    """The last `n` lines of a log, from its backups too: the log rolls over right after a run's end,
+    which leaves the current file empty until the next run starts."""
+    lines: List[str] = []
+    for file in reversed(log_files(path, backup_count)):  # newest first, each read from its end
+        lines[:0] = tail(file, n - len(lines))
+        if len(lines) >= n:
+            break
+    return lines
+
+
 def last_run_output(path: Path, backup_count: int, run_id: int) -> str:
     """run_output() of the newest run, read from the end of the log: its cost does not grow
     with the log (a full read_run scan is the fallback when rotation moved the run)."""

@@ -8,7 +8,18 @@ import pytest
 
 from car.layout import RepoLayout
 from car.logfile import LogFile
-from car.logs import FileCursor, RunLog, follow, last_run_output, list_runs, read_run, run_output, tail
+from car.logs import (
+    FileCursor,
+    RunLog,
+    follow,
+    last_run_output,
+    list_runs,
+    log_files,
+    log_tail,
+    read_run,
+    run_output,
+    tail,
+)
 
 from support import car_env, make_repo, run_car, update_config, wait_until
 
@@ -181,3 +192,21 @@ def test_rollover_keeps_backup_count_files_and_zero_means_start_afresh(tmp_path:
     numbers = [int(word) for p in files for word in p.read_text().split() if word.isdigit()]
     # the newest lines, in order, none lost in between
     assert len(numbers) >= 1 + 9 * backups and numbers == list(range(40 - len(numbers), 40))
+
+
+def test_the_tail_of_a_log_that_has_just_rolled_over_comes_from_its_backups(tmp_path: Path) -> None:
+    """QA: `car log --tail`, the API and the page showed nothing after each rollover (one per run here)."""
+    path = tmp_path / "car.log"
+    log = RunLog(path, max_bytes=200, backup_count=3)
+    write_runs(log, 1, 3, lines=2)
+    log.close()
+    assert path.stat().st_size == 0  # rolled over at the end of run 3
+    every = [line for file in log_files(path, 3) for line in file.read_text().splitlines()]
+    assert log_tail(path, 3, 6) == every[-6:] and every[-1].endswith("=== run 3 end (code 0) ===")
+    assert log_tail(path, 3, 1000) == every and log_tail(path, 3, 0) == []
+
+    repo = make_repo(tmp_path / "repo", items=("one",))
+    update_config(repo, log={"max_bytes": 100})
+    assert run_car("once", cwd=repo).returncode == 0
+    shown = run_car("log", "--tail", "2", cwd=repo).stdout.splitlines()
+    assert len(shown) == 2 and shown[-1].endswith("=== run 1 end (code 0) ===")

@@ -20,7 +20,7 @@ from car.runner import RepoRunner
 from car.web.router import json_response, route
 from car.web.server import make_server, serve_repo, start_in_thread
 
-from support import car_cmd, car_env, wait_until
+from support import car_cmd, car_env, update_config, wait_until
 from web_fixtures import Client, SseReader, capture_logger, repo_server, serve_cmd, serve_process
 
 STATE_KEYS = {"status", "lock_status", "outstanding_todos", "done_todos", "running", "last_run_id",
@@ -104,6 +104,14 @@ def test_start_once_runs_and_the_runs_and_logs_show_it(served):
     assert served.client.get("/api/logs?run_id=99").status == 404
     for bad in ("/api/logs?tail=abc", "/api/logs?run_id=-1", "/api/logs?run_id=1&tail=3"):
         assert served.client.get(bad).status == 400, bad
+
+
+def test_the_log_tail_after_a_rollover_comes_from_the_backup(served, repo: Path):
+    update_config(repo, log={"max_bytes": 100})  # rolls over at the end of every run
+    served.client.post("/api/run/start", {"once": True})
+    wait_idle(served)
+    run = served.client.get("/api/logs?run_id=1").json
+    assert served.client.get("/api/logs?tail=2").json["lines"] == run["lines"][-2:]
 
 
 def test_runs_merge_token_usage_from_runs_jsonl(served, repo: Path):
@@ -270,6 +278,25 @@ def test_host_must_be_the_servers_own_name(served, host, status):
         assert reply.error_code == "forbidden"
     page = served.client.get("/", headers={"Host": host.format(port=served.port)})
     assert page.status == status  # the page too: a rebinding page must not even read it
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "::1", "[::1]"])
+def test_any_loopback_bind_answers_at_the_url_it_prints(repo: Path, host: str):
+    with repo_server(repo, host=host) as served:
+        bound = "::1" if "::1" in host else host
+        netloc = f"[{bound}]:{served.port}" if ":" in bound else f"{bound}:{served.port}"
+        assert served.running.url == f"http://{netloc}/"
+        client = Client(served.port, host=bound)  # http.client sends `Host: <bound>:<port>`
+        assert client.get("/api/state").status == 200 and client.get("/").status == 200
+        refused = client.get("/api/state", headers={"Host": f"evil.example:{served.port}"})
+        assert refused.status == 403  # the guard still refuses foreign names, and points to the URL that works
+        assert f"use {served.running.url} " in refused.json["error"]["message"]
+
+
+def test_car_serve_on_127_0_0_2_answers_at_the_printed_url(repo: Path):
+    with serve_process(repo, "--host", "127.0.0.2") as served:
+        assert served.lines[-1].startswith("car: serving http://127.0.0.2:"), served.lines
+        assert served.client.host == "127.0.0.2" and served.client.get("/api/state").status == 200
 
 
 def test_a_state_changing_request_from_another_origin_is_403_and_does_nothing(served, repo: Path):

@@ -14,7 +14,7 @@ from car.docs import DocKind, read_doc, write_doc
 from car.errors import BadRequest, NotFound
 from car.files import read_jsonl
 from car.lock import inspect_lock
-from car.logs import FileCursor, list_runs, read_run, tail
+from car.logs import FileCursor, list_runs, log_tail, read_run
 from car.recovery import reconcile
 from car.runner import RepoRunner
 from car.status import LockStatus
@@ -158,8 +158,8 @@ class RepoApi:
             if not lines:
                 raise NotFound(f"run {run_id} is not in {config.log_path.name} or its backups")
             return json_response({"run_id": run_id, "lines": lines})
-        return json_response({"lines": tail(config.log_path, min(MAX_TAIL, DEFAULT_TAIL if count is None
-                                                                 else count))})
+        count = min(MAX_TAIL, DEFAULT_TAIL if count is None else count)
+        return json_response({"lines": log_tail(config.log_path, config.log.backup_count, count)})
 
     def stream_logs(self, req: Request, **ids: str) -> EventStream:
         runner = self._get_runner(**ids)

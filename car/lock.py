@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Set, Tuple
 
 from car.errors import LockError
 from car.files import write_atomic, write_json
@@ -14,6 +15,11 @@ from car.state import utc_now
 from car.status import LockStatus
 
 MAX_PID = 2 ** 22  # Linux's pid_max ceiling: a larger "pid" was never written by car
+# the owner_tokens of the locks this process holds: a hub's loops share its pid, so a lock with this
+# pid is alive only while one of them holds it (one its loop lost, when its directory moved away and
+# back, would otherwise read as alive for as long as the hub lives)
+_held: Set[str] = set()
+_held_guard = threading.Lock()
 LOCK_LOST = "the lock {path} was {how} while this loop ran; stopping so that two loops never run at once"
 
 
@@ -80,6 +86,9 @@ def _judge(raw: Optional[bytes], path: Path) -> LockInfo:
     if type(pid) is not int or not 0 < pid <= MAX_PID:
         return LockInfo(LockStatus.LOCKED_STALE)
     alive = is_alive(pid, data.get("pid_started"))
+    if alive and pid == os.getpid():
+        with _held_guard:
+            alive = data.get("owner_token") in _held
     pgid = data.get("agent_pgid")
     info = LockInfo(
         LockStatus.LOCKED_ALIVE if alive else LockStatus.LOCKED_STALE,
@@ -142,7 +151,7 @@ def lock_held_message(path: Path, info: LockInfo) -> str:
 def lock_lost_message(path: Path, found: LockInfo) -> str:
     """What a loop says when the lock it held is no longer its own (`found` is the lock as it is now)."""
     if found.status is LockStatus.UNLOCKED:
-        how = "removed"
+        how = "removed" if path.parent.is_dir() else "taken away with its directory (moved or deleted)"
     else:
         how = f"taken over by pid {found.pid}" if found.pid else "replaced by a file car did not write"
     return LOCK_LOST.format(path=path, how=how)
@@ -172,6 +181,8 @@ def acquire_lock(path: Path) -> LockInfo:
     except OSError as exc:  # a read-only .codex-autorunner/, or none (car never makes it here)
         raise LockError(f"{path}: cannot create the lock ({exc.strerror}); fix the permissions of "
                         f"{path.parent}, or run `car init` if it is missing") from exc
+    with _held_guard:
+        _held.add(body["owner_token"])
     return LockInfo(LockStatus.LOCKED_ALIVE, pid=pid, pid_started=body["pid_started"],
                     started_at=body["started_at"], owner_token=body["owner_token"])
 
@@ -201,8 +212,11 @@ def update_lock(path: Path, agent_pgid: Optional[int], run_token: Optional[str],
 
 def release_lock(path: Path, owner_token: Optional[str] = None) -> bool:
     """Remove the lock if it is this process's (see is_own_lock); a lock that is gone or another's
-    is left as it is. True if it was removed."""
-    return _remove_if(path, lambda info: is_own_lock(info, owner_token))[1]
+    is left as it is. True if it was removed. Either way this process holds that lock no more."""
+    removed = _remove_if(path, lambda info: is_own_lock(info, owner_token))[1]
+    with _held_guard:
+        _held.discard(owner_token)  # type: ignore[arg-type]
+    return removed
 
 
 def clear_stale_lock(path: Path) -> bool:

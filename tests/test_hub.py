@@ -296,9 +296,11 @@ def test_a_repo_moved_out_of_the_hub_while_it_runs_has_its_run_ended(tmp_path: P
     assert "Traceback" not in log
 
 
-def test_a_repo_renamed_within_the_hub_while_it_runs_is_not_shown_running_once_its_run_ended(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """QA: the renamed repo carried the hub's live lock and showed "running" for as long as the hub lived."""
+@pytest.mark.parametrize("back", [False, True], ids=["renamed", "moved-away-and-back"])
+def test_a_repo_moved_while_it_runs_is_not_shown_running_once_its_run_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, back: bool):
+    """QA: the moved repo kept the hub's live lock and showed "running" or "locked" for as long as the hub
+    lived: under its new name, or under its old one once moved back."""
     pidfile = hang_agent(monkeypatch, tmp_path)
     root = tmp_path / "hub"
     config = make_hub(root)
@@ -306,16 +308,19 @@ def test_a_repo_renamed_within_the_hub_while_it_runs_is_not_shown_running_once_i
     with started(config) as hub:
         hub.run("alpha")
         pids = agent_and_child(pidfile)
-        (root / "alpha").rename(root / "gamma")
-        wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the renamed repo's agent and child gone")
+        (root / "alpha").rename(tmp_path / "away" if back else root / "gamma")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the moved repo's agent and child gone")
         wait_until(lambda: hub.repo("alpha").status.value == "missing", 10, "alpha listed missing")
+        if back:
+            (tmp_path / "away").rename(root / "alpha")
+        name = "alpha" if back else "gamma"
         hub.scan()
-        entry = wait_status(hub, "gamma", "locked")  # a carried lock nothing runs under: stale, as after a crash
+        entry = wait_status(hub, name, "locked")  # a lock nothing runs under: stale, as after a crash
         assert entry.lock_status.value == "locked_stale" and entry.stop_reason == "interrupted"
         monkeypatch.setenv("FAKE_AGENT_MODE", "ok")
-        hub.resume("gamma", once=True)
-        entry = wait_status(hub, "gamma", "idle")
-        assert entry.todo_done == 1 and not RepoLayout(root / "gamma").lock.exists()
+        hub.resume(name, once=True)
+        entry = wait_status(hub, name, "idle")
+        assert entry.todo_done == 1 and not RepoLayout(root / name).lock.exists()
 
 
 def test_resume_clears_a_stale_lock_and_never_a_live_one(tmp_path: Path):

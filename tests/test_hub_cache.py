@@ -16,6 +16,7 @@ from car.hub import HubSupervisor
 from car.hub_cache import MAGIC, read_hub_cache
 from car.hub_state import RepoEntry
 from car.layout import CAR_DIR, HubLayout, RepoLayout
+from car.lock import acquire_lock
 from car.probe import RepoProbe
 
 from hub_fixtures import agent_repos, git_repos, make_hub, stamp, started
@@ -197,7 +198,7 @@ CHANGES: Dict[str, tuple] = {  # what changed since the memo was written -> what
                     lambda e: e["alpha"].todo_done == 1),
     "run failed elsewhere": (lambda root: write_state(root / "beta", status="error", last_run_id=4),
                              lambda e: e["beta"].status == "error" and e["beta"].last_run_id == 4),
-    "a live lock": (lambda root: RepoLayout(root / "alpha").lock.write_text(json.dumps({"pid": os.getpid()})),
+    "a live lock": (lambda root: acquire_lock(RepoLayout(root / "alpha").lock),
                     lambda e: e["alpha"].status == "locked" and e["alpha"].lock_status == "locked_alive"),
     "a dead lock": (lambda root: RepoLayout(root / "alpha").lock.write_text(json.dumps({"pid": 2 ** 22 + 7})),
                     lambda e: e["alpha"].lock_status == "locked_stale"),
@@ -233,7 +234,7 @@ def test_no_memo_while_a_repo_says_more_than_its_files(tmp_path: Path):
     warm_hub(root)  # `broken` failed to init: a hub fact that a new process learns from hub_state.json
     assert read_hub_cache(HubLayout(root).hub_cache).memo is None
     config = memo_hub(tmp_path / "other")
-    RepoLayout(tmp_path / "other" / "alpha").lock.write_text(json.dumps({"pid": os.getpid()}))
+    acquire_lock(RepoLayout(tmp_path / "other" / "alpha").lock)
     with started(config):
         pass
     assert read_hub_cache(HubLayout(tmp_path / "other").hub_cache).memo is None

@@ -20,7 +20,7 @@ from car.agent import TOKEN_VAR, AgentProcess
 from car.config import HubConfig, load_config
 from car.engine import Engine
 from car.layout import RepoLayout
-from car.lock import LockInfo, inspect_lock, process_start_time
+from car.lock import LockInfo, acquire_lock, inspect_lock, process_start_time, update_lock
 from car.recovery import end_orphaned_run, find_orphan, reconcile
 from car.state import RepoState, load_state, save_state
 from car.status import LockStatus
@@ -293,8 +293,8 @@ def test_a_live_owner_is_never_signalled_by_recovery(repo: Path, tmp_path: Path)
     agent, pids = spawn_orphan(tmp_path, token)
     try:
         lock = RepoLayout(repo).lock
-        lock.write_text(json.dumps({"pid": os.getpid(), "pid_started": process_start_time(os.getpid()),
-                                    "agent_pgid": agent.pid, "run_token": token}))
+        acquire_lock(lock)  # held by this process: a live owner
+        assert update_lock(lock, agent.pid, token)
         save_state(RepoLayout(repo).state, RepoState(status="running", last_run_id=1))
         config = load_config(RepoLayout(repo).config)
         assert end_orphaned_run(config) is None and not reconcile(config)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import threading
@@ -17,7 +16,7 @@ from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
 from car.docs import DocKind, TodoCounts, parse_todos
 from car.errors import CarError, LockError
-from car.files import append_jsonl, read_text, write_atomic
+from car.files import append_jsonl, parse_jsonl, read_text, write_atomic, write_error
 from car.layout import RepoLayout
 from car.lock import LockInfo, acquire_lock, inspect_lock, is_own_lock, lock_lost_message, release_lock, update_lock
 from car.logs import RunLog, last_run_output, open_run_log, tail
@@ -28,6 +27,7 @@ from car.status import LockStatus, RunStatus, StopReason
 
 ERROR_REASONS = {StopReason.AGENT_FAILED, StopReason.RUN_TIMEOUT, StopReason.IDLE_TIMEOUT,
                  StopReason.INTERRUPTED}
+STOP_POLL_SECONDS = 0.25  # between runs, how often the loop looks for a stop file from another process
 DRAIN_SECONDS = 1.0  # after the agent exits, how long an orphan may hold its stdout open
 # agents' context windows hold a few hundred thousand tokens (~4 chars each): a prompt past this is
 # cut or refused by the model, and every run would fail the same way
@@ -93,11 +93,18 @@ class Engine:
             reason = self._loop(once)
             return reason
         finally:
-            if reason is not None or self._ran:  # an error before any run leaves state.json as it was
-                self._finish(reason or StopReason.INTERRUPTED)
-            release_lock(self.layout.lock, self._lock_token)  # a lock not ours any more is left alone
-            if self._own_log:
-                self.log.close()
+            try:
+                if reason is not None:
+                    self._finish(reason)
+                elif self._ran:  # an error before any run leaves state.json as it was
+                    # the loop's own error is the one to say, even if closing its state fails too
+                    # (a broken state.json, the same read-only directory)
+                    with contextlib.suppress(Exception):
+                        self._finish(StopReason.INTERRUPTED)
+            finally:  # whatever failed: a lock left behind would block every later start as stale
+                release_lock(self.layout.lock, self._lock_token)  # a lock not ours any more is left alone
+                if self._own_log:
+                    self.log.close()
 
     def _loop(self, once: bool) -> StopReason:
         runner = self.config.runner
@@ -112,6 +119,8 @@ class Engine:
             requested = self._requested_stop()
             if requested:
                 return requested
+            if wall_deadline is not None and self._clock() >= wall_deadline:  # no run starts past it
+                return StopReason.WALLCLOCK
             if self._check_lock() is not None:  # lost between runs (removed by hand, taken over)
                 raise self._lock_lost_error(log=True)
             result = self.run_once(wall_deadline)
@@ -133,7 +142,19 @@ class Engine:
             hit = next((reason for cond, reason in checks if cond), None)
             if hit is not None:
                 return hit
-            self._stop.wait(runner.sleep_seconds)
+            self._sleep(runner.sleep_seconds, wall_deadline)
+
+    def _sleep(self, seconds: float, until: Optional[float]) -> None:
+        """Wait between runs, never past `until` (the wallclock deadline), and only until a stop is asked.
+
+        request_stop() and kill() set the Event, but `car stop`/`car kill` in another process can only
+        write the stop file: it is looked at every STOP_POLL_SECONDS."""
+        end = self._clock() + seconds if until is None else min(self._clock() + seconds, until)
+        while self._requested_stop() is None:
+            left = end - self._clock()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, STOP_POLL_SECONDS))
 
     def _check_lock(self) -> Optional[LockInfo]:
         """The lock as it is now if it is no longer this loop's (removed, or another's); None while it is.
@@ -196,26 +217,35 @@ class Engine:
         return parse_todos(read_text(path))
 
     def _finish(self, reason: StopReason) -> None:
-        if self._may_write_state():
-            state = load_state(self.layout.state)
-            state.status = (RunStatus.ERROR if reason in ERROR_REASONS else RunStatus.IDLE).value
-            state.stop_reason, state.runner_pid = reason.value, None
-            save_state(self.layout.state, state)
-        self.current_run_id = self.current_run_started_at = None
-        self._on_change()
+        try:
+            if self._may_write_state():
+                state = load_state(self.layout.state)
+                state.status = (RunStatus.ERROR if reason in ERROR_REASONS else RunStatus.IDLE).value
+                state.stop_reason, state.runner_pid = reason.value, None
+                save_state(self.layout.state, state)
+        finally:  # the loop is over even when its state cannot be written: views must not show a run
+            self.current_run_id = self.current_run_started_at = None
+            self._on_change()
 
     # one run ----------------------------------------------------------------------------
     def run_once(self, wall_deadline: Optional[float] = None) -> RunResult:
         """One agent run; the caller holds the lock."""
         cfg, layout = self.config, self.layout
         state = load_state(layout.state)
-        run_id = (state.last_run_id or 0) + 1
+        recent = self._recent_runs()
+        # a deleted state.json (its error message advises that) must not number runs from 1 again:
+        # runs.jsonl outlives it, and the log's rotation, and knows the ids used
+        last_id = max([state.last_run_id or 0] + [r["id"] for r in recent if type(r.get("id")) is int])
+        run_id = last_id + 1
         docs = {k.value: read_text(cfg.doc_path(k.value)) for k in DocKind}
         # the last run's "after" serves as this run's "before": one git call per run, not two
         before = (parse_todos(docs[DocKind.TODO.value]), self._fingerprint or self._files_fingerprint())
-        prompt = render_prompt(self._template(), docs, self._previous_output(state.last_run_id),
+        prompt = render_prompt(self._template(), docs, self._previous_output(last_id, recent),
                                cfg.prompt.prev_run_max_chars)
-        write_atomic(layout.rendered_prompt, prompt, durable=False)  # made again for every run
+        try:
+            write_atomic(layout.rendered_prompt, prompt, durable=False)  # made again for every run
+        except OSError as exc:  # before the run starts: nothing of it to record
+            raise write_error(layout.rendered_prompt, exc) from exc
 
         started_at = utc_now()
         state = RepoState(status=RunStatus.RUNNING.value, last_run_id=run_id, last_exit_code=None,
@@ -295,19 +325,17 @@ class Engine:
     def _template(self) -> str:
         return read_text(self.config.template_path, missing=DEFAULT_TEMPLATE)
 
-    def _previous_output(self, run_id: Optional[int]) -> str:
+    def _recent_runs(self) -> list:
+        """The last records of runs.jsonl, newest first: read from its end, whatever its size."""
+        return [r for r in reversed(parse_jsonl(tail(self.layout.runs, 3))) if isinstance(r, dict)]
+
+    def _previous_output(self, run_id: int, recent: list) -> str:
         if not run_id:
             return ""
         # the newest run is at the end of both files: read from there, whatever their size
-        for line in reversed(tail(self.layout.runs, 3)):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("id") == run_id:
-                if record.get("output") is not None:
-                    return str(record["output"])
-                break
+        record = next((r for r in recent if r.get("id") == run_id), None)
+        if record is not None and record.get("output") is not None:
+            return str(record["output"])
         return last_run_output(self.config.log_path, self.config.log.backup_count, run_id)
 
     def _run_agent(self, run_id: int, reader: OutputReader,

@@ -6,7 +6,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Type, Union
+from typing import Any, Iterable, List, Optional, Tuple, Type, Union
 
 from car.errors import CarError
 
@@ -91,6 +91,13 @@ def write_json(path: Path, data: Any, *, durable: bool = True) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", durable=durable)
 
 
+def write_error(path: Path, exc: OSError) -> CarError:
+    """A failed write of one of car's files as one line for the user. write_atomic itself raises the
+    OSError: some callers act on its kind (a directory gone, a lock that exists)."""
+    return CarError(f"{path}: cannot write ({exc.strerror or exc}); check the permissions of {path.parent} "
+                    f"and the free disk space, then run again")
+
+
 def dump_yaml(data: Any) -> str:
     import yaml  # here, not at the top: PyYAML is pure Python, slow to import, and seldom needed
 
@@ -169,12 +176,17 @@ def append_jsonl(path: Path, record: Any) -> None:
 
 def read_jsonl(path: Path) -> list:
     """Every parseable line of a JSONL file; a torn or hand-broken line is skipped."""
-    out = []
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return out
-    for line in text.splitlines():
+        return []
+    return parse_jsonl(text.splitlines())
+
+
+def parse_jsonl(lines: Iterable[str]) -> list:
+    """The records of some JSONL lines (all of a file, or only its last: logs.tail); bad lines are skipped."""
+    out = []
+    for line in lines:
         try:
             out.append(json.loads(line))
         except ValueError:

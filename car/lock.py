@@ -213,9 +213,14 @@ def update_lock(path: Path, agent_pgid: Optional[int], run_token: Optional[str],
 def release_lock(path: Path, owner_token: Optional[str] = None) -> bool:
     """Remove the lock if it is this process's (see is_own_lock); a lock that is gone or another's
     is left as it is. True if it was removed. Either way this process holds that lock no more."""
-    removed = _remove_if(path, lambda info: is_own_lock(info, owner_token))[1]
-    with _held_guard:
-        _held.discard(owner_token)  # type: ignore[arg-type]
+    try:
+        removed = _remove_if(path, lambda info: is_own_lock(info, owner_token))[1]
+    except OSError as exc:  # a read-only .codex-autorunner/: the lock stays behind, stale; say so in one line
+        raise LockError(f"{path}: cannot remove this process's lock ({exc.strerror}); fix the permissions of "
+                        f"{path.parent}, then run `car resume` to clear it") from exc
+    finally:
+        with _held_guard:
+            _held.discard(owner_token)  # type: ignore[arg-type]
     return removed
 
 

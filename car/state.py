@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from car.errors import StateError
-from car.files import read_json, write_json
+from car.files import read_json, write_error, write_json
 from car.status import RunStatus
 
 
@@ -65,4 +65,7 @@ def state_problem(data: Any) -> Optional[str]:
 
 
 def save_state(path: Path, state: RepoState) -> None:
-    write_json(path, state.to_json())
+    try:
+        write_json(path, state.to_json())
+    except OSError as exc:  # a read-only or full disk: the loop stops on one line, not a traceback
+        raise write_error(path, exc) from exc

@@ -310,3 +310,23 @@ def test_a_copy_of_a_running_repo_can_run_while_the_original_runs_on(repo: Path,
         if original.poll() is None:
             original.kill()
             finish(original)
+
+
+@pytest.mark.parametrize("command, ended", [("stop", "stopped"), ("kill", "killed")])
+def test_stop_and_kill_from_another_process_cut_the_sleep_between_runs(repo: Path, command: str,
+                                                                       ended: str) -> None:
+    """QA: `car stop` / `car kill` from another terminal waited out the whole runner.sleep_seconds."""
+    update_config(repo, runner={"sleep_seconds": 30})
+    state = RepoLayout(repo).state
+    proc = start_car(repo, "run")
+    try:
+        wait_until(lambda: json.loads(state.read_text()).get("last_run_finished_at"), 20, "run 1 to end")
+        asked = run_car(command, cwd=repo)
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        out = finish(proc, timeout=10)  # far less than the 30 s sleep
+        assert f"loop ended: {ended}" in out
+        assert json.loads(state.read_text())["last_run_id"] == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from car.lock import acquire_lock
 from car.logfile import LogFile
 
 from hub_fixtures import agent_repos, make_hub, started, wait_status
-from support import make_repo, read_pids, run_car, update_config, wait_until
+from support import car_cmd, car_env, make_repo, read_pids, run_car, update_config, wait_until
 
 
 def script_agent(repo: Path, body: str) -> None:
@@ -214,3 +215,46 @@ def test_a_lock_that_cannot_be_created_is_one_line_and_creates_nothing(tmp_path:
     with pytest.raises(LockError, match="cannot create the lock"):
         acquire_lock(gone)
     assert not (tmp_path / "repo").exists()  # no directory made for a repo that is not there
+
+
+def _after_run_1(repo: Path, spoil) -> subprocess.CompletedProcess:
+    """`car run` (which sleeps between runs); `spoil(layout)` is called while it sleeps after run 1."""
+    update_config(repo, runner={"sleep_seconds": 2})
+    layout = RepoLayout(repo)
+    proc = subprocess.Popen(car_cmd("run"), cwd=repo, env=car_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: json.loads(layout.state.read_text()).get("last_run_finished_at"), 20, "run 1 to end")
+        spoil(layout)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_state_json_broken_between_runs_is_one_line_and_frees_the_lock(tmp_path: Path):
+    """QA: the error was said, but the lock stayed behind: the next `car run` said 'stale lock'."""
+    repo = make_repo(tmp_path / "repo", items=("a", "b", "c"))
+    proc = _after_run_1(repo, lambda layout: layout.state.write_text("{oops"))
+    state = RepoLayout(repo).state
+    one_line_error(proc, str(state), "not valid JSON", "fix or delete the file")
+    assert not RepoLayout(repo).lock.exists()
+    one_line_error(run_car("run", cwd=repo), str(state), "not valid JSON")  # not a stale lock
+
+
+def test_a_prompt_car_cannot_write_is_one_line_and_the_loop_is_closed_as_error(tmp_path: Path):
+    """QA: a write that failed between runs (read-only dir, full disk) was a traceback, and left the lock."""
+    repo = make_repo(tmp_path / "repo", items=("a", "b", "c"))
+
+    def spoil(layout: RepoLayout) -> None:
+        layout.rendered_prompt.unlink()
+        layout.rendered_prompt.mkdir()  # the next run's prompt cannot replace it
+
+    proc = _after_run_1(repo, spoil)
+    one_line_error(proc, str(RepoLayout(repo).rendered_prompt), "cannot write")
+    assert not RepoLayout(repo).lock.exists()
+    state = json.loads(RepoLayout(repo).state.read_text())
+    assert (state["status"], state["stop_reason"], state["last_run_id"], state["last_exit_code"]) == \
+        ("error", "interrupted", 1, 0)

@@ -13,7 +13,7 @@ import pytest
 from car.config import load_config
 from car.docs import DocKind
 from car.engine import Engine
-from car.errors import AgentError, LockError
+from car.errors import AgentError, CarError, LockError
 from car.layout import RepoLayout
 from car.lock import LockInfo, acquire_lock, clear_stale_lock, inspect_lock, lock_lost_message
 from car.logs import list_runs, log_files, read_run, run_output
@@ -455,3 +455,60 @@ def test_a_prompt_too_big_for_an_agent_is_warned_of_in_the_run_naming_the_larges
     spec.write_text("# SPEC\n")
     assert engine(repo).run_loop(once=True) is StopReason.TODO_DONE  # run 2 ticked the last item
     assert not any("car: warning" in line for line in read_run(log_path(repo), 3, 2))
+
+
+def test_a_state_json_car_cannot_write_is_one_line_and_the_lock_is_released(repo: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: a state write that failed mid-loop raised a bare OSError and left the lock behind."""
+    go = tmp_path / "go"
+    monkeypatch.setenv("FAKE_AGENT_WAIT_FOR", str(go))
+    eng = engine(repo)
+    outcome: dict = {}
+    t = threading.Thread(target=lambda: outcome.setdefault("error", _raised(lambda: eng.run_loop(once=True))))
+    t.start()
+    wait_until(lambda: eng.current_run_id == 1, what="run 1 to start")
+    layout = RepoLayout(repo)
+    layout.state.unlink()
+    layout.state.mkdir()  # the run's end cannot replace it
+    go.touch()
+    t.join(30)
+    error = outcome["error"]
+    assert type(error) is CarError and str(error).startswith(f"{layout.state}: cannot write (Is a directory)")
+    assert inspect_lock(layout.lock).status is LockStatus.UNLOCKED
+    assert "=== run 1 end (code 0) ===" in log_path(repo).read_text()  # the run itself is on record
+
+
+def _raised(call) -> BaseException:
+    try:
+        call()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("expected an error")
+
+
+def test_the_wallclock_limit_cuts_the_sleep_and_starts_no_run_after_it(repo: Path) -> None:
+    """QA: the loop slept its whole sleep past the limit, then started a run that was killed at once."""
+    write_todo(repo, ["a", "b", "c"])
+    eng = engine(repo, sleep_seconds=30, max_wallclock_seconds=2)
+    t, result = loop_in_thread(eng)
+    t.join(15)
+    overslept = t.is_alive()
+    if overslept:  # end it, so that it does not outlive the test
+        eng.kill()
+        t.join(30)
+    assert not overslept, "the loop slept past max_wallclock_seconds"
+    assert result["reason"] is StopReason.WALLCLOCK
+    s = state(repo)
+    assert (s.last_run_id, s.last_exit_code, s.stop_reason) == (1, 0, "wallclock")
+
+
+def test_run_ids_go_on_after_state_json_was_deleted(repo: Path) -> None:
+    """QA: deleting state.json (as an error message advises) numbered the next run 1 again."""
+    write_todo(repo, ["a", "b", "c"])
+    engine(repo).run_loop(once=True)
+    RepoLayout(repo).state.unlink()
+    engine(repo).run_loop(once=True)
+    assert state(repo).last_run_id == 2
+    assert [r.id for r in list_runs(log_path(repo), 3)] == [1, 2]
+    records = [json.loads(line) for line in RepoLayout(repo).runs.read_text().splitlines()]
+    assert [r["id"] for r in records] == [1, 2]

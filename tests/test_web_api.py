@@ -79,6 +79,17 @@ def test_put_doc_bad_bodies_are_400(served, repo: Path, body, raw):
     assert (repo / ".codex-autorunner" / "TODO.md").read_text() == before
 
 
+@pytest.mark.parametrize("raw", [b'{"content": "a\\ud800b"}', b'{"content": "x", "etag": "\\udfff"}'])
+def test_put_doc_with_a_lone_surrogate_is_400_naming_it_not_500(served, repo: Path, raw: bytes):
+    todo = repo / ".codex-autorunner" / "TODO.md"
+    before = todo.read_text()
+    reply = served.client.call("PUT", "/api/docs/todo", raw=raw)
+    assert reply.status == 400 and reply.error_code == "bad_request", reply.text
+    assert "not valid Unicode text" in reply.json["error"]["message"]
+    assert todo.read_text() == before
+    assert not any("Traceback" in line for line in served.log.handlers[0].lines)
+
+
 @pytest.mark.parametrize("path", ["/api/docs/readme", "/api/docs/..%2F..%2Fconfig.yml",
                                   "/api/docs/../config.yml", "/api/docs/todo/x"])
 def test_unknown_doc_kinds_and_traversal_are_404(served, repo: Path, path):

@@ -76,6 +76,14 @@ def test_run_once_through_the_hub_and_read_the_repo_through_its_routes(served):
     assert served.client.put("/repos/alpha/api/docs/todo", {"content": "- [ ] y\n", "etag": etag}).status == 409
 
 
+def test_a_doc_put_with_a_lone_surrogate_under_the_hub_is_400(served, hub_root: Path):
+    todo = hub_root / "alpha" / ".codex-autorunner" / "TODO.md"
+    before = todo.read_text()
+    reply = served.client.call("PUT", "/repos/alpha/api/docs/todo", raw=b'{"content": "a\\ud800b"}')
+    assert reply.status == 400 and "not valid Unicode text" in reply.json["error"]["message"], reply.text
+    assert todo.read_text() == before
+
+
 def test_per_repo_routes_drive_the_hubs_one_runner(served, monkeypatch):
     monkeypatch.setenv("FAKE_AGENT_MODE", "slow")
     monkeypatch.setenv("FAKE_AGENT_SLEEP", "0.2")
@@ -225,6 +233,15 @@ def test_base_path_under_the_hub(hub_root: Path):
         assert served.client.get("/car/repos/alpha/api/state").json["status"] == "idle"
         assert served.client.get("/car/").headers["content-type"].startswith("text/html")
         assert served.client.get("/hub/repos").status == 200
+
+
+def test_the_hub_bound_to_another_loopback_address_answers_there(hub_root: Path):
+    with hub_server(hub_root, host="127.0.0.2") as served:
+        assert served.running.url == f"http://127.0.0.2:{served.port}/"
+        client = Client(served.port, host="127.0.0.2")
+        assert client.get("/hub/repos").status == 200
+        assert client.get("/repos/alpha/api/state").status == 200
+        assert client.get("/hub/repos", headers={"Host": "evil.example"}).status == 403
 
 
 def test_token_when_remote_is_allowed_lives_in_the_hub_dir(hub_root: Path):

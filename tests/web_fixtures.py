@@ -43,12 +43,12 @@ class Reply:
 class Client:
     """http.client against one server, so tests control every header (Host, Origin, ...)."""
 
-    def __init__(self, port: int, token: Optional[str] = None) -> None:
-        self.port, self.token = port, token
+    def __init__(self, port: int, token: Optional[str] = None, host: str = "127.0.0.1") -> None:
+        self.port, self.token, self.host = port, token, host
 
     def call(self, method: str, path: str, body: Any = None, headers: Optional[Dict[str, str]] = None,
              raw: Optional[bytes] = None, timeout: float = 20) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             hdrs = {"Accept": "application/json"}
             if self.token:
@@ -262,11 +262,14 @@ class ServeProcess:
 
 
 @contextmanager
-def serve_process(cwd: Path) -> Iterator[ServeProcess]:
-    """`car serve --port 0` in `cwd` as a subprocess, once it printed its URL; killed if still alive."""
+def serve_process(cwd: Path, *args: str) -> Iterator[ServeProcess]:
+    """`car serve --port 0 [args]` in `cwd` as a subprocess, once it printed its URL; its client
+    speaks to that URL; killed if still alive."""
+    from urllib.parse import urlsplit
+
     from support import car_env
 
-    proc = subprocess.Popen(serve_cmd("--port", "0"), cwd=cwd, env=car_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(serve_cmd("--port", "0", *args), cwd=cwd, env=car_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         lines: List[str] = []
@@ -275,8 +278,8 @@ def serve_process(cwd: Path) -> Iterator[ServeProcess]:
             if not line:
                 pytest.fail("car serve printed no URL: " + "".join(lines) + proc.stderr.read()[-3000:])
             lines.append(line)
-        port = int(lines[-1].rsplit(":", 1)[1].strip().rstrip("/"))
-        yield ServeProcess(proc, Client(port), lines)
+        url = urlsplit(lines[-1].split("serving ", 1)[1].strip())
+        yield ServeProcess(proc, Client(url.port, host=url.hostname), lines)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -53,14 +53,22 @@ def is_wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::", "[::]")
 
 
-def host_names(host: str, port: int, allow_remote: bool) -> Optional[FrozenSet[str]]:
+def url_netloc(host: str, port: int) -> str:
+    """host:port as a URL writes it ([::1]:4173); a wildcard bind is reached at 127.0.0.1."""
+    host = "127.0.0.1" if is_wildcard(host) else host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def host_names(host: str, port: int, allow_remote: bool, bound: str = "") -> Optional[FrozenSet[str]]:
     """The Host header values this server answers to; None means any (a wildcard remote bind,
     where the token is the guard because we cannot know every name that reaches us)."""
     if allow_remote and is_wildcard(host):
         return None
     names = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
-    if allow_remote:
-        names.add(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    # the address asked for and the one bound: check_bind lets every loopback address through
+    # (127.0.0.2, ::1), and the URL printed at start names the bound one; a rebinding page sends
+    # its own name, never these
+    names.update(url_netloc(name, port) for name in (host, bound) if name)
     return frozenset(n.lower() for n in names)
 
 
@@ -76,6 +84,7 @@ class App:
     base_path: str = ""
     max_body_bytes: int = MAX_BODY_BYTES
     hosts: Optional[FrozenSet[str]] = field(default_factory=frozenset)
+    home: str = ""  # host:port of the URL printed at start: the one a refused Host is pointed to
     closed: bool = False  # set at shutdown: a kept-alive connection gets no more work done
 
 
@@ -156,7 +165,7 @@ class Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").strip().lower()
         if hosts is not None and host not in hosts:
             raise Forbidden(f"Host '{host[:100]}' is not this server's name; "
-                            f"use http://{sorted(hosts)[0]}/ (DNS-rebinding guard)")
+                            f"use http://{self.app.home or sorted(hosts)[0]}/ (DNS-rebinding guard)")
 
     def _check_origin(self) -> None:
         """CSRF: a state-changing request from another site's page is refused (curl sends none)."""

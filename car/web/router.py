@@ -72,6 +72,12 @@ def body_field(data: Dict[str, Any], name: str, kind: type, default: Any = None,
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = {bool: "true or false", str: "a string", int: "a whole number"}.get(kind, kind.__name__)
         raise BadRequest(f"field '{name}': expected {expected}, got {json.dumps(value)[:60]}")
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON's "\ud800" escape: a lone surrogate no file can hold as UTF-8
+            raise BadRequest(f"field '{name}': not valid Unicode text (a lone surrogate "
+                             f"U+{ord(value[exc.start]):04X} at character {exc.start}); send UTF-8 text") from None
     return value
 
 

@@ -23,7 +23,7 @@ from car.service_log import close_logger, make_logger
 from car.signals import on_stop_signals
 from car.web.api_hub import hub_routes
 from car.web.api_repo import repo_routes
-from car.web.handler import App, Handler, host_names, is_loopback, is_wildcard
+from car.web.handler import App, Handler, host_names, is_loopback, url_netloc
 from car.web.router import Route
 from car.web.sse import Streams
 
@@ -121,7 +121,9 @@ def make_server(routes: List[Route], host: str, port: int, *, log: logging.Logge
         server = CarServer((host.strip("[]"), port), app)
     except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
         raise CarError(CANNOT_LISTEN.format(host=host, port=port, reason=exc.strerror or exc)) from exc
-    app.hosts = host_names(host.strip("[]"), server.server_address[1], allow_remote)
+    bound, port = server.server_address[0], server.server_address[1]
+    app.hosts = host_names(host.strip("[]"), port, allow_remote, bound)
+    app.home = url_netloc(bound, port)
     return server
 
 
@@ -144,10 +146,7 @@ class Running:
 
     @property
     def url(self) -> str:
-        host = self.server.server_address[0]
-        host = "127.0.0.1" if is_wildcard(host) else host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}{self.server.app.base_path}/"
+        return f"http://{self.server.app.home}{self.server.app.base_path}/"
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, end every stream, close the socket (from any thread but the server's)."""

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from car import __version__
 from car.cli_serve import add_serve_command, whole_number
@@ -18,6 +18,9 @@ from car.config import AnyConfig, HubConfig, RepoConfig, find_config, load_confi
 from car.errors import CarError, ConfigError, Conflict, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.status import LockStatus, StopReason
+
+if TYPE_CHECKING:  # imported where used: only `log --follow` needs threads
+    import threading
 
 VERSION_SECONDS = 5  # `codex --version` answers in ~50 ms; an agent that hangs on it must not hang doctor
 NO_CONFIG = ("no {car}/{cfg} in {where} or any parent directory; run `car init` in the repo's root "
@@ -217,19 +220,37 @@ def cmd_log(args: argparse.Namespace) -> int:
     sys.stdout.flush()  # a reader that has left shows now, not after the next new line
     if args.follow and not _reader_gone():
         stop = threading.Event()
+        threading.Thread(target=_watch_reader, args=(stop,), name="car-log-reader", daemon=True).start()
         try:
             for line in follow(path, stop):
                 print(line, flush=True)
                 if _reader_gone():
                     break
         except KeyboardInterrupt:
-            stop.set()
+            pass
+        finally:
+            stop.set()  # ends the watcher too
     return 0
 
 
 def _reader_gone() -> bool:
     """stdout's reader has left (car.launch.QuietStream saw it): a printer that never ends stops then."""
     return bool(getattr(sys.stdout, "gone", False))
+
+
+def _watch_reader(stop: threading.Event, poll_ms: int = 250) -> None:
+    """Set `stop` when stdout's reader leaves while no new line comes to find it out by a failing write:
+    poll() reports POLLERR/POLLHUP on a pipe whose read end is closed (`| head -2` done) or a hung-up tty."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # no events asked: errors and hang-ups are always reported
+    except (AttributeError, OSError, ValueError):
+        return  # no poll() (Windows) or no descriptor (a test's capture): the next write finds out
+    while not stop.is_set():
+        if poller.poll(poll_ms):
+            stop.set()
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

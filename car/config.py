@@ -28,6 +28,10 @@ MAX_SECONDS = 366 * 24 * 3600
 MAX_PORT = 65535
 # a field's metadata "max" is the largest value the checker accepts (numbers are >= 0 anyway)
 
+# every string setting ends up in a path, an argv, a socket address or a git message, and the OS takes
+# none with a NUL in it (Python raises ValueError: embedded null byte, on every command)
+NO_NUL = "expected text without a NUL character (\\0)"
+
 
 @dataclass(frozen=True)
 class DocsConfig:
@@ -319,6 +323,8 @@ class _Checker:
         if origin in (list, List):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise self.error(keys, "expected a list of strings", value)
+            if any("\0" in v for v in value):
+                raise self.error(keys, NO_NUL, value)
             return list(value)
         if hint is bool:
             if not isinstance(value, bool):
@@ -341,6 +347,8 @@ class _Checker:
         if hint is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise self.error(keys, "expected a string", value)
+            if "\0" in str(value):
+                raise self.error(keys, NO_NUL, value)
             return str(value)
         raise AssertionError(f"unhandled config type {hint!r}")
 

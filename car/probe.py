@@ -277,5 +277,5 @@ def _parse_todo(path: str, data: Any) -> List[int]:
     """[done, total]."""
     if not isinstance(data, bytes):
         return [0, 0]
-    counts = parse_todos(data.decode("utf-8", "replace"))
+    counts = parse_todos(data.decode("utf-8-sig", "replace"))  # as files.read_text: a BOM is no text
     return [counts.done, counts.total]

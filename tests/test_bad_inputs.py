@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -132,6 +133,31 @@ def test_init_on_a_config_with_a_non_utf8_byte_is_one_line(repo: Path) -> None:
     assert done.returncode == 2 and "byte 0xe9" in one_line(done.stderr)
 
 
+@pytest.mark.parametrize("setting", ['log:\n  path: "a\\0b"\n', 'docs:\n  todo: "\\0"\n',
+                                     'codex:\n  args: [exec, "\\0"]\n'])
+@pytest.mark.parametrize("command", ["status", "once"])
+def test_a_nul_in_a_config_path_is_one_line_naming_file_line_and_key(
+        repo: Path, setting: str, command: str) -> None:
+    config = RepoLayout(repo).config
+    config.write_text(setting)
+    done = run_car(command, cwd=repo)
+    key = {"log": "log.path", "docs": "docs.todo", "codex": "codex.args"}[setting.split(":")[0]]
+    assert done.returncode == 2 and f"{config}:2: {key}: expected text without a NUL" in one_line(done.stderr)
+
+
+def test_a_bom_at_the_start_of_todo_md_hides_no_item(repo: Path, tmp_path: Path) -> None:
+    """Windows editors start a file with U+FEFF: the first `- [ ]` must still count and reach the agent."""
+    todo = repo / CAR_DIR / "TODO.md"
+    todo.write_bytes(b"\xef\xbb\xbf- [ ] only item\n")
+    status = json.loads(run_car("status", "--json", cwd=repo).stdout)
+    assert (status["outstanding_todos"], status["done_todos"]) == (1, 0)
+    prompt = tmp_path / "prompt.txt"
+    done = run_car("once", cwd=repo, env=car_env(FAKE_AGENT_PROMPT_OUT=str(prompt)))
+    assert done.returncode == 0 and "todo_done (TODO 0/0" not in done.stdout + done.stderr, done.stderr
+    text = prompt.read_text(encoding="utf-8")  # the agent ran, and its prompt carries no BOM
+    assert "- [ ] only item" in text and "\ufeff" not in text
+
+
 # 3. HTTP: a request line that does not parse; HEAD -----------------------------------------------
 def _raw_exchange(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -248,6 +274,23 @@ def test_a_repo_command_whose_output_is_gone_ends_with_its_own_exit_code(
         done = subprocess.run(car_cmd(*args), cwd=repo, env=car_env(FAKE_AGENT_MODE=agent), stdout=stdout,
                               stderr=subprocess.PIPE, text=True, timeout=30)
     assert (done.returncode, done.stderr) == (code, "")
+
+
+def test_log_follow_ends_soon_after_its_reader_leaves_while_no_line_comes(repo: Path) -> None:
+    """`car log --tail 5 --follow | head -2`: head leaves, no new line comes to fail a write on."""
+    assert run_car("once", cwd=repo).returncode == 0  # a log to print
+    proc = subprocess.Popen(car_cmd("log", "--tail", "5", "--follow"), cwd=repo, env=car_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() and proc.stdout.readline()
+        proc.stdout.close()  # what head does after its two lines
+        left = time.monotonic()
+        assert proc.wait(10) == 0 and time.monotonic() - left < 3
+        assert proc.stderr.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_an_error_to_a_stderr_that_is_gone_still_exits_with_its_code(tmp_path: Path) -> None:

@@ -75,6 +75,25 @@ def test_errors_name_file_line_key_and_expectation(tmp_path: Path, text: str, me
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("mode, setting, key", [
+    ("repo", 'log:\n  path: "a\\0b"', "log.path"), ("repo", 'docs:\n  todo: "\\0"', "docs.todo"),
+    ("repo", 'prompt:\n  template: "t\\0"', "prompt.template"), ("repo", 'codex:\n  binary: "x\\0"', "codex.binary"),
+    ("repo", 'codex:\n  args: [exec, "-\\0"]', "codex.args"),
+    ("repo", 'git:\n  commit_message_template: "run\\0"', "git.commit_message_template"),
+    ("repo", 'server:\n  host: "127.0.0.1\\0"', "server.host"),
+    ("repo", 'server:\n  base_path: "/\\0"', "server.base_path"),
+    ("hub", 'hub:\n  repos_root: "\\0"', "hub.repos_root"), ("hub", 'hub:\n  manifest: "m\\0"', "hub.manifest"),
+    ("hub", 'hub:\n  log:\n    path: "\\0"', "hub.log.path"),
+])
+def test_a_nul_in_a_string_setting_is_a_config_error_naming_its_line(
+        tmp_path: Path, mode: str, setting: str, key: str) -> None:
+    """Paths, argv items and addresses cannot hold a NUL: not `ValueError: embedded null byte` later."""
+    path = write(tmp_path, f"version: 2\nmode: {mode}\n{setting}\n")
+    line = 2 + setting.count("\n") + 1
+    with pytest.raises(ConfigError, match=rf"config.yml:{line}: {key}: expected text without a NUL"):
+        load_config(path)
+
+
 def test_unknown_keys_are_warnings_not_errors(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "version: 2\nmode: repo\nextra: 1\nrunner:\n  typo_seconds: 3\n"))
     assert any("unknown key extra" in w for w in config.warnings)

@@ -41,5 +41,14 @@ def test_write_with_stale_etag_conflicts_and_writes_nothing(tmp_path: Path) -> N
     assert path.read_text() == "mine\n"
 
 
+def test_a_leading_bom_is_not_part_of_a_doc_and_its_etag_still_works(tmp_path: Path) -> None:
+    path = tmp_path / "TODO.md"
+    path.write_bytes(b"\xef\xbb\xbf- [ ] only item\n")
+    doc = read_doc(path)
+    assert doc.content == "- [ ] only item\n" and parse_todos(doc.content).outstanding == 1
+    assert write_doc(path, "- [x] only item\n", etag=doc.etag).content == "- [x] only item\n"
+    assert path.read_bytes() == b"- [x] only item\n"  # written back through the API: the BOM is gone
+
+
 def test_missing_doc_reads_empty(tmp_path: Path) -> None:
     assert read_doc(tmp_path / "nope.md").content == ""

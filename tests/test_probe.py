@@ -61,6 +61,13 @@ def test_a_custom_todo_path_is_followed(tmp_path: Path):
     assert (files.todo_done, files.todo_total) == (2, 3)
 
 
+def test_a_bom_before_the_first_item_hides_nothing_from_the_hub(tmp_path: Path):
+    root = make(tmp_path)
+    (root / ".codex-autorunner" / "TODO.md").write_bytes(b"\xef\xbb\xbf- [ ] one\n- [x] two\n")
+    files = RepoProbe(str(root)).read()
+    assert (files.todo_done, files.todo_total) == (1, 2)
+
+
 def test_a_fresh_probe_seeded_with_an_export_reads_nothing(tmp_path: Path):
     root = make(tmp_path)
     update_config(root, codex={"binary": "my-agent"})  # not the default text: a YAML parse to skip

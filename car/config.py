@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import time
 import typing
 from dataclasses import dataclass, field
@@ -237,7 +238,11 @@ def _parse_yaml(path: Path) -> Tuple[Any, Any]:
         context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         if context and context_mark is not None:
             problem += f" ({context} started at line {context_mark.line + 1})"
-        raise ConfigError(f"{where}: invalid YAML: {problem}; fix the file or run `car init --force`") from exc
+        # `car init --force` would make a hub's root a repo: the mode is read from the text, as YAML failed
+        hub = re.search(r"^mode:[ \t]*['\"]?hub\b", text, re.MULTILINE) is not None
+        fix = ("fix the file, or move it away and run `car hub init` for a new one" if hub
+               else "fix the file or run `car init --force`")
+        raise ConfigError(f"{where}: invalid YAML: {problem}; {fix}") from exc
 
 
 def _read_cache(path: Path, stamp: Optional[List[int]]) -> Optional[dict]:

@@ -62,6 +62,9 @@ def test_hub_config_is_a_distinct_type_with_the_spec_keys(tmp_path: Path) -> Non
     ("version: 2\nmode: repo\ngit:\n  auto_commit: 'yes'\n", r":4: git.auto_commit: expected true or false"),
     ("version: 2\nmode: repo\ncodex:\n  args: exec\n", r":4: codex.args: expected a list of strings"),
     ("version: 2\nmode: repo\nrunner: [1\n", r"config.yml:4: invalid YAML: expected ',' or '\]'.*started at line 3"),
+    ("version: 2\nmode: repo\nrunner: [1\n", r"; fix the file or run `car init --force`$"),
+    # QA: `car init --force`, advised for a broken hub config, made the hub's root a repo
+    ("version: 2\nmode: hub\nhub:\n  repos_root: [x\n", r"; fix the file, or move it away and run `car hub init`"),
     ("version: 1\nmode: repo\n", r":1: version: expected 2"),
     ("version: 2\nmode: both\n", r":2: mode: expected 'repo' or 'hub'"),
     ("- a list\n", r"expected a mapping of settings"),

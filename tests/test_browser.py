@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from support import make_repo
+from car.web.api_hub import hub_routes
+from car.web.server import start_in_thread
+
+from support import car_cmd, car_env, make_repo, wait_until
 from web_fixtures import hub_server, make_sample_hub, repo_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -192,3 +197,121 @@ def test_the_page_asks_for_the_token_when_remote_is_allowed(hub_root: Path, page
         badge(page, "alpha", "idle").wait_for()
         page.locator('#hub-live[data-state="live"]').wait_for()  # the event stream got in with ?token=
         assert re.search(r"4 repos", page.locator("#home-summary").inner_text())
+
+
+def test_the_repo_page_shows_a_repo_whose_directory_went_missing_and_recovers(hub_root: Path, page):
+    with hub_server(hub_root) as served:
+        page.goto(served.running.url + "#/repos/alpha")
+        page.locator('#repo-status[data-status="idle"]').wait_for()
+        page.locator('#controls [data-action="run"]').wait_for()
+        (hub_root / "alpha").rename(hub_root / "alpha_gone")
+        page.locator('#repo-status[data-status="missing"]').wait_for()
+        page.locator("#repo-error").wait_for(state="visible")
+        assert page.locator("#controls [data-action]").count() == 0  # nothing there can work
+        assert page.locator("#lock-status").inner_text() == "—"  # no stale "unlocked"
+        assert "gone from disk" in page.locator("#repo-hint").inner_text()
+
+        (hub_root / "alpha_gone").rename(hub_root / "alpha")
+        page.locator('#repo-status[data-status="idle"]').wait_for()
+        page.locator('#controls [data-action="run"]').wait_for()
+        page.locator("#repo-error").wait_for(state="hidden")
+        assert page.locator("#lock-status").inner_text() == "unlocked"
+
+
+def test_saving_a_doc_of_a_missing_repo_shows_why_not_a_conflict(hub_root: Path, page):
+    with hub_server(hub_root) as served:
+        page.goto(served.running.url + "#/repos/alpha")
+        page.locator("#doc-editor:enabled").wait_for()
+        (hub_root / "alpha").rename(hub_root / "alpha_gone")
+        wait_until(lambda: served.entry("alpha")["status"] == "missing", 20, "alpha to be missing")
+        page.locator("#doc-editor").fill("# TODO\n\n- [ ] typed after the repo went away\n")
+        page.locator("#doc-save").click()
+        status = page.locator('#doc-status[data-state="error"]')
+        status.wait_for()
+        text = status.inner_text()
+        assert "missing on disk" in text, text  # the server's own reason
+        assert "changed on disk" not in text, text  # a 409 for another reason is no etag conflict
+        assert page.locator("#doc-conflict").is_hidden()
+        assert not (hub_root / "alpha").exists()
+
+
+def test_a_disabled_repo_offers_no_run_and_says_how_to_enable_it(hub_root: Path, page):
+    manifest = hub_root / ".codex-autorunner" / "manifest.yml"
+    data = yaml.safe_load(manifest.read_text())
+    for repo in data["repos"]:
+        repo["enabled"] = repo["id"] != "alpha"
+    manifest.write_text(yaml.safe_dump(data))
+    with hub_server(hub_root) as served:
+        page.goto(served.running.url)
+        badge(page, "alpha", "idle").wait_for()
+        alpha = page.locator('[data-repo-id="alpha"]')
+        assert alpha.locator("[data-action]").count() == 0
+        note = alpha.locator(".note")
+        assert note.is_visible()
+        assert "enabled: false" in note.inner_text() and "manifest.yml" in note.inner_text()
+        assert page.locator('[data-repo-id="beta"] [data-action="run"]').is_visible()  # enabled: unchanged
+
+        page.goto(served.running.url + "#/repos/alpha")
+        page.locator('#repo-status[data-status="idle"]').wait_for()
+        page.locator("#repo-hint", has_text="enabled: false").wait_for()
+        assert page.locator("#controls [data-action]").count() == 0
+
+
+def test_a_loop_run_by_another_process_can_be_stopped_and_killed_from_the_page(hub_root: Path, page,
+                                                                               monkeypatch):
+    slow_agent(monkeypatch, lines=400, sleep=0.1)  # one run outlasts the test: only Kill ends it soon
+    proc = subprocess.Popen(car_cmd("run"), cwd=hub_root / "alpha", env=car_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with hub_server(hub_root) as served:
+            page.goto(served.running.url + "#/repos/alpha")
+            page.locator('#repo-status[data-status="locked"]').wait_for()
+            page.locator('#controls [data-action="stop"]').wait_for()
+            assert page.locator('#controls [data-action="kill"]').is_visible()
+
+            page.goto(served.running.url)
+            badge(page, "alpha", "locked").wait_for()
+            alpha = page.locator('[data-repo-id="alpha"]')
+            assert alpha.locator('[data-action="stop"]').is_visible()
+            for action in ("run", "once", "resume"):
+                assert alpha.locator(f'[data-action="{action}"]').count() == 0
+            alpha.locator('[data-action="kill"]').click()
+            assert proc.wait(timeout=30) == 0  # its loop saw the kill and ended by itself
+            badge(page, "alpha", "idle").wait_for()
+            assert served.entry("alpha")["stop_reason"] == "killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_while_the_hub_is_unreachable_the_page_shows_the_last_known_state_as_stale(hub_root: Path, page,
+                                                                                 monkeypatch):
+    slow_agent(monkeypatch, lines=400, sleep=0.1)
+    with hub_server(hub_root) as served:
+        page.goto(served.running.url)
+        badge(page, "alpha", "idle").wait_for()
+        page.locator('[data-repo-id="alpha"] [data-action="once"]').click()
+        badge(page, "alpha", "running").wait_for()
+        stop = page.locator('[data-repo-id="alpha"] [data-action="stop"]')
+        stop.wait_for()
+        port = served.port
+        served.running.close()  # the hub's loops go on; only its web server is gone
+        try:
+            page.locator("#stale-note").wait_for(state="visible")
+            assert page.locator("body[data-stale]").count() == 1
+            assert stop.is_disabled() and page.locator("#scan").is_disabled()
+            timer = page.locator('[data-repo-id="alpha"] [data-since]')
+            frozen = timer.inner_text()
+            page.wait_for_timeout(1500)  # the timer would tick at least once meanwhile
+            assert timer.inner_text() == frozen
+
+            served.running = start_in_thread(hub_routes(served.hub), port=port, log=served.hub.log)
+            page.locator("#stale-note").wait_for(state="hidden")
+            assert page.locator("body[data-stale]").count() == 0
+            assert stop.is_enabled()
+            stop.click()
+            served.client.post("/hub/repos/alpha/kill")
+            badge(page, "alpha", "idle").wait_for()
+        finally:
+            served.running.close()

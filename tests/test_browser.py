@@ -295,13 +295,14 @@ def test_while_the_hub_is_unreachable_the_page_shows_the_last_known_state_as_sta
         badge(page, "alpha", "running").wait_for()
         stop = page.locator('[data-repo-id="alpha"] [data-action="stop"]')
         stop.wait_for()
+        timer = page.locator('[data-repo-id="alpha"] [data-since]')
+        timer.wait_for()  # the run's start time is known: "running" may show a moment before it
         port = served.port
         served.running.close()  # the hub's loops go on; only its web server is gone
         try:
             page.locator("#stale-note").wait_for(state="visible")
             assert page.locator("body[data-stale]").count() == 1
             assert stop.is_disabled() and page.locator("#scan").is_disabled()
-            timer = page.locator('[data-repo-id="alpha"] [data-since]')
             frozen = timer.inner_text()
             page.wait_for_timeout(1500)  # the timer would tick at least once meanwhile
             assert timer.inner_text() == frozen

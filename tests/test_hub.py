@@ -353,7 +353,8 @@ def test_a_loop_of_another_car_process_shows_locked_and_stop_reaches_it(
         proc = subprocess.Popen(car_cmd("run"), cwd=root / "alpha", env=car_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_until(lambda: inspect_lock(layout.lock).status is LockStatus.LOCKED_ALIVE, 20, "car run's lock")
+            # its first run under way: a stop that comes sooner ends the loop before any run
+            wait_until(lambda: inspect_lock(layout.lock).agent_pgid, 20, "car run's first agent in its lock")
             entry = wait_status(hub, "alpha", "locked")
             assert entry.lock_status.value == "locked_alive"
             with pytest.raises(LockError):

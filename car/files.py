@@ -57,13 +57,16 @@ def _link_new(tmp: Path, path: Path, raw: bytes) -> None:
             fh.write(raw)
 
 
+# how docs are decoded, by read_text and by the hub's probe: a leading BOM (Windows editors write one)
+# is dropped, else it would glue itself to the first line and hide a first `- [ ]` item from the counts
+DOC_ENCODING = "utf-8-sig"
+
+
 def read_text(path: Path, missing: str = "") -> str:
     """The file's text (bytes that are not UTF-8 read as U+FFFD: an agent may write any); `missing`
     when there is no such file; a CarError naming it when it cannot be read."""
     try:
-        # utf-8-sig: a leading BOM (Windows editors write one) is dropped, else it would glue itself
-        # to the first line and hide a first `- [ ]` item from the counts
-        return path.read_text(encoding="utf-8-sig", errors="replace")
+        return path.read_text(encoding=DOC_ENCODING, errors="replace")
     except FileNotFoundError:
         return missing
     except OSError as exc:

@@ -12,6 +12,7 @@ from typing import Any, Callable, List, NamedTuple, Optional
 from car.config import DocsConfig, HubConfig, default_text, load_config
 from car.docs import parse_todos
 from car.errors import CarError
+from car.files import DOC_ENCODING
 from car.layout import CAR_DIR, CONFIG_NAME, LOCK_NAME, STATE_NAME
 from car.lock import LockInfo, inspect_lock
 from car.state import state_problem
@@ -277,5 +278,5 @@ def _parse_todo(path: str, data: Any) -> List[int]:
     """[done, total]."""
     if not isinstance(data, bytes):
         return [0, 0]
-    counts = parse_todos(data.decode("utf-8-sig", "replace"))  # as files.read_text: a BOM is no text
+    counts = parse_todos(data.decode(DOC_ENCODING, "replace"))
     return [counts.done, counts.total]

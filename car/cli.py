@@ -80,16 +80,19 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def enclosing_repo(path: Path) -> Optional[Path]:
-    """The root of the repo car set up that is or holds `path` (the nearest config upward is mode: repo),
-    or None; a config that cannot be read counts as none (the command that needs it says why)."""
+def nearest_config(path: Path) -> Optional[AnyConfig]:
+    """The config nearest upward from `path`, or None; one that cannot be read counts as none (the
+    command that needs it says why)."""
     found = find_config(path)
-    if found is None:
-        return None
     try:
-        config = load_config(found)
+        return load_config(found) if found is not None else None
     except CarError:
         return None
+
+
+def enclosing_repo(path: Path) -> Optional[Path]:
+    """The root of the repo car set up that is or holds `path` (the nearest config is mode: repo), or None."""
+    config = nearest_config(path)
     return config.root if isinstance(config, RepoConfig) else None
 
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
-from car.cli import WRONG_MODE_HUB_CMD, enclosing_repo
+from car.cli import WRONG_MODE_HUB_CMD, enclosing_repo, nearest_config
 from car.config import HubConfig, find_config, load_config
-from car.errors import CarError, ConfigError, InitError, UsageError
+from car.errors import ConfigError, InitError, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, HubLayout
 
 if TYPE_CHECKING:  # the hub modules load only for hub commands: repo commands start faster
@@ -69,11 +69,7 @@ def _hub_dir(args: argparse.Namespace) -> Tuple[Path, bool]:
 
 def _hub_above(path: Path) -> Optional[HubConfig]:
     """The hub config nearest upward from `path`, if that nearest config is a hub's and readable."""
-    found = find_config(path)
-    try:
-        config = load_config(found) if found is not None else None
-    except CarError:
-        return None
+    config = nearest_config(path)
     return config if isinstance(config, HubConfig) else None
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Tuple
 
 import pytest
 import yaml
@@ -258,14 +260,22 @@ def test_stop_ends_the_loop_after_the_current_run(tmp_path: Path, monkeypatch: p
             hub.stop("alpha")
 
 
-def test_kill_ends_the_agent_and_its_child_and_spares_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@contextmanager
+def hung_alpha(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               *others: str) -> Iterator[Tuple[HubSupervisor, Path, list]]:
+    """A started hub at tmp_path/hub running `alpha` (and holding `others`, idle) with a hang agent and
+    its child up: (hub, its root, the agent's and child's pids)."""
     pidfile = hang_agent(monkeypatch, tmp_path)
     root = tmp_path / "hub"
     config = make_hub(root)
-    agent_repos(root, "alpha")
+    agent_repos(root, "alpha", *others)
     with started(config) as hub:
         hub.run("alpha")
-        pids = agent_and_child(pidfile)
+        yield hub, root, agent_and_child(pidfile)
+
+
+def test_kill_ends_the_agent_and_its_child_and_spares_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with hung_alpha(tmp_path, monkeypatch) as (hub, root, pids):
         assert inspect_lock(RepoLayout(root / "alpha").lock).pid == os.getpid()  # the hub holds the lock
         hub.kill("alpha")
         wait_until(lambda: not any(pid_alive(p) for p in pids), 15, "agent and child gone")
@@ -278,19 +288,13 @@ def test_kill_ends_the_agent_and_its_child_and_spares_the_hub(tmp_path: Path, mo
 def test_a_repo_moved_out_of_the_hub_while_it_runs_has_its_run_ended(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch):
     """QA: the moved repo's agent went on working where the directory went, with nobody watching."""
-    pidfile = hang_agent(monkeypatch, tmp_path)
-    root = tmp_path / "hub"
-    config = make_hub(root)
-    agent_repos(root, "alpha", "beta")
-    with started(config) as hub:
-        hub.run("alpha")
-        pids = agent_and_child(pidfile)
+    with hung_alpha(tmp_path, monkeypatch, "beta") as (hub, root, pids):
         (root / "alpha").rename(tmp_path / "elsewhere")
         wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the moved repo's agent and child gone")
         wait_until(lambda: hub.repo("alpha").status.value == "missing", 10, "listed missing")
         assert hub.repo("beta").status.value == "idle"  # the others are untouched
     assert not (root / "alpha").exists()  # nothing of it is made again where it was
-    log = config.log_path.read_text()
+    log = hub.config.log_path.read_text()
     assert f"alpha: {root / 'alpha'} is gone (moved or deleted) while it ran; ending its run" in log
     assert f"{root / 'alpha'} is gone (moved or deleted) while its loop ran; the loop stops" in log
     assert "Traceback" not in log
@@ -308,13 +312,7 @@ def test_a_repo_moved_while_it_runs_is_not_shown_running_once_its_run_ended(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, back: bool):
     """QA: the moved repo kept the hub's live lock and showed "running" or "locked" for as long as the hub
     lived: under its new name, or under its old one once moved back."""
-    pidfile = hang_agent(monkeypatch, tmp_path)
-    root = tmp_path / "hub"
-    config = make_hub(root)
-    agent_repos(root, "alpha")
-    with started(config) as hub:
-        hub.run("alpha")
-        pids = agent_and_child(pidfile)
+    with hung_alpha(tmp_path, monkeypatch) as (hub, root, pids):
         (root / "alpha").rename(tmp_path / "away" if back else root / "gamma")
         wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the moved repo's agent and child gone")
         wait_until(lambda: hub.repo("alpha").status.value == "missing", 10, "alpha listed missing")

@@ -23,12 +23,11 @@ DEFAULT_CODEX_ARGS = ["exec", "--dangerously-bypass-approvals-and-sandbox", "--j
 # a config changed this recently may change again within the same timestamp tick, unseen by its
 # stat: its parse is not cached
 RACY_NS = 1_000_000_000
-# the largest number of seconds a setting takes: far above any sane wait, far below what
-# Event.wait() and the clock arithmetic accept (1e10 overflows them after the first run)
+# a field's metadata "max" is the largest value the checker accepts (numbers are >= 0 anyway).
+# MAX_SECONDS: far above any sane wait, far below what Event.wait() and the clock arithmetic accept
+# (1e10 overflows them after the first run)
 MAX_SECONDS = 366 * 24 * 3600
 MAX_PORT = 65535
-# a field's metadata "max" is the largest value the checker accepts (numbers are >= 0 anyway)
-
 # every string setting ends up in a path, an argv, a socket address or a git message, and the OS takes
 # none with a NUL in it (Python raises ValueError: embedded null byte, on every command)
 NO_NUL = "expected text without a NUL character (\\0)"

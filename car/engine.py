@@ -16,10 +16,10 @@ from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
 from car.docs import DocKind, TodoCounts, parse_todos
 from car.errors import CarError, LockError
-from car.files import append_jsonl, parse_jsonl, read_text, write_atomic, write_error
+from car.files import read_text, write_atomic, write_error
 from car.layout import RepoLayout
 from car.lock import LockInfo, acquire_lock, inspect_lock, is_own_lock, lock_lost_message, release_lock, update_lock
-from car.logs import RunLog, last_run_output, open_run_log, tail
+from car.logs import RunLog, last_run_output, open_run_log, recent_runs, record_run
 from car.prompt import DEFAULT_TEMPLATE, clip_tail, render_prompt
 from car.recovery import reconcile
 from car.state import RepoState, load_state, save_state, utc_now
@@ -232,7 +232,7 @@ class Engine:
         """One agent run; the caller holds the lock."""
         cfg, layout = self.config, self.layout
         state = load_state(layout.state)
-        recent = self._recent_runs()
+        recent = recent_runs(layout.runs)
         # a deleted state.json (its error message advises that) must not number runs from 1 again:
         # runs.jsonl outlives it, and the log's rotation, and knows the ids used
         last_id = max([state.last_run_id or 0] + [r["id"] for r in recent if type(r.get("id")) is int])
@@ -306,15 +306,11 @@ class Engine:
         if self._lock_lost is not None:
             self.log.write(f"car: {lock_lost_message(layout.lock, self._lock_lost)}", run_id)
         self.log.end_run(run_id, f"code {exit_code}")
-        finished_at = utc_now()
-        append_jsonl(layout.runs, {
-            "id": run_id, "started_at": state.last_run_started_at, "finished_at": finished_at, "exit_code": exit_code,
-            "end_reason": end_reason.value if end_reason else None,
-            "usage": reader.usage.to_json() if reader.usage else None,
-            "output": clip_tail(reader.final_message, cfg.prompt.prev_run_max_chars)
-            if reader.final_message is not None else None,
-        })
-        state.last_exit_code, state.last_run_finished_at = exit_code, finished_at
+        state.last_exit_code, state.last_run_finished_at = exit_code, utc_now()
+        record_run(layout.runs, state, end_reason.value if end_reason else None,
+                   usage=reader.usage.to_json() if reader.usage else None,
+                   output=clip_tail(reader.final_message, cfg.prompt.prev_run_max_chars)
+                   if reader.final_message is not None else None)
         if writable:
             save_state(layout.state, state)
         self._on_change()
@@ -324,10 +320,6 @@ class Engine:
 
     def _template(self) -> str:
         return read_text(self.config.template_path, missing=DEFAULT_TEMPLATE)
-
-    def _recent_runs(self) -> list:
-        """The last records of runs.jsonl, newest first: read from its end, whatever its size."""
-        return [r for r in reversed(parse_jsonl(tail(self.layout.runs, 3))) if isinstance(r, dict)]
 
     def _previous_output(self, run_id: int, recent: list) -> str:
         if not run_id:

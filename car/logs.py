@@ -8,11 +8,12 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from car.feed import Feed
+from car.files import append_jsonl, parse_jsonl
 from car.logfile import LogFile
-from car.state import utc_now
+from car.state import RepoState, utc_now
 
 if TYPE_CHECKING:
     from car.config import RepoConfig
@@ -134,9 +135,13 @@ def list_runs(path: Path, backup_count: int) -> List[RunRecord]:
     return [runs[k] for k in sorted(runs)]
 
 
-def has_end_marker(path: Path, backup_count: int, run_id: int) -> bool:
+def run_ending(path: Path, backup_count: int, run_id: int) -> Tuple[bool, Optional[str]]:
+    """(whether the log holds the run's end marker, the time of the run's last line or None)."""
     lines = read_run(path, backup_count, run_id)
-    return bool(lines) and bool(_MARKER.match(lines[-1])) and "end (" in lines[-1]
+    if not lines:
+        return False, None
+    m = _MARKER.match(lines[-1])
+    return bool(m and m.group(4) is not None), lines[-1].split(" ", 1)[0]
 
 
 def _read_back(path: Path, enough: Callable[[bytes], bool]) -> bytes:
@@ -162,6 +167,20 @@ def tail(path: Path, n: int) -> List[str]:
         return []
     data = _read_back(path, lambda d: d.count(b"\n") > n)
     return data.decode("utf-8", errors="replace").splitlines()[-n:]
+
+
+def recent_runs(runs: Path) -> List[dict]:
+    """The last records of runs.jsonl, newest first: read from its end, whatever its size."""
+    return [r for r in reversed(parse_jsonl(tail(runs, 3))) if isinstance(r, dict)]
+
+
+def record_run(runs: Path, state: RepoState, end_reason: Optional[str], usage: Optional[Dict[str, int]] = None,
+               output: Optional[str] = None) -> None:
+    """Append to runs.jsonl the record of the run `state` describes, as it ended."""
+    append_jsonl(runs, {
+        "id": state.last_run_id, "started_at": state.last_run_started_at, "finished_at": state.last_run_finished_at,
+        "exit_code": state.last_exit_code, "end_reason": end_reason, "usage": usage, "output": output,
+    })
 
 
 def log_tail(path: Path, backup_count: int, n: int) -> List[str]:

@@ -100,16 +100,26 @@ def reconcile(config: RepoConfig, *,
     state = load_state(layout.state)
     if state.status != RunStatus.RUNNING.value:
         return False
-    from car.logs import has_end_marker, open_run_log  # only here: `car status` need not load them
+    from car.logs import open_run_log, recent_runs, record_run, run_ending  # only here: `car status` need not load them
 
     run_id = state.last_run_id
-    if run_id and not has_end_marker(config.log_path, config.log.backup_count, run_id):
+    ended, last_heard = run_ending(config.log_path, config.log.backup_count, run_id) if run_id else (True, None)
+    if not ended:
         log = open_run_log(config)
         if orphan is not None:
             log.write(f"car: {orphan.describe()}", run_id)
+        elif last_heard:
+            log.write(f"car: the loop's owner (pid {info.pid}) died during this run; last heard of it at {last_heard}",
+                      run_id)
         log.end_run(run_id, "interrupted")
         log.close()
     state.status, state.stop_reason, state.runner_pid = RunStatus.ERROR.value, StopReason.INTERRUPTED.value, None
-    state.last_run_finished_at = state.last_run_finished_at or utc_now()
+    if run_id and state.last_run_finished_at is None:  # died during a run, which has no record yet
+        # its end: now if it was still going and has just been ended, else the last sign of it (the
+        # time of noticing would claim it ran until then)
+        state.last_run_finished_at = utc_now() if orphan is not None else last_heard or utc_now()
+        if not any(r.get("id") == run_id for r in recent_runs(layout.runs)):
+            record_run(layout.runs, state, StopReason.INTERRUPTED.value)
     save_state(layout.state, state)
     return True
+

@@ -11,6 +11,7 @@ import pytest
 
 from car.cli import WRONG_MODE_REPO_CMD, main
 from car.config import RACY_NS, load_config
+from car.files import read_jsonl
 from car.layout import RepoLayout
 from car.lock import LockInfo, inspect_lock, lock_lost_message
 from car.status import LockStatus
@@ -166,12 +167,18 @@ def test_kill_dash_9_of_car_run_is_reconciled(repo: Path, tmp_path: Path) -> Non
         assert "closed as interrupted" in status.stderr
         log = (repo / ".codex-autorunner" / "codex-autorunner.log").read_text()
         assert log.rstrip().endswith("=== run 1 end (interrupted) ===")
+        # the run was still going until status ended it: that is its end, and the history keeps it
+        runs = read_jsonl(RepoLayout(repo).runs)
+        assert [(r["id"], r["end_reason"], r["exit_code"]) for r in runs] == [(1, "interrupted", None)]
+        ended = next(line for line in log.splitlines() if "left its run going" in line).split(" ", 1)[0]
+        assert runs[0]["finished_at"] == data["last_run_finished_at"] >= ended
         again = run_car("run", cwd=repo)
         assert again.returncode == 1 and "stale lock" in again.stderr and "car resume" in again.stderr
         resumed = run_car("resume", "--once", cwd=repo, env=car_env(FAKE_AGENT_MODE="ok"))
         assert resumed.returncode == 0, resumed.stderr
         assert "cleared the stale lock" in resumed.stdout
         assert json.loads((repo / ".codex-autorunner" / "state.json").read_text())["last_run_id"] == 2
+        assert [r["id"] for r in read_jsonl(RepoLayout(repo).runs)] == [1, 2]
     finally:
         for pid in pids:  # the agent outlived car run -9: that is what kill -9 does
             if pid_alive(pid):

@@ -14,6 +14,7 @@ from car.config import load_config
 from car.docs import DocKind
 from car.engine import Engine
 from car.errors import AgentError, CarError, LockError
+from car.files import read_jsonl
 from car.layout import RepoLayout
 from car.lock import LockInfo, acquire_lock, clear_stale_lock, inspect_lock, lock_lost_message
 from car.logs import list_runs, log_files, read_run, run_output
@@ -370,17 +371,27 @@ def test_reconcile_closes_a_run_whose_owner_died(repo: Path) -> None:
     layout = RepoLayout(repo)
     engine(repo).run_loop(once=True)
     s = json.loads(layout.state.read_text())
-    s.update(status="running", last_run_id=2, last_run_finished_at=None, runner_pid=999999)
+    s.update(status="running", last_run_id=2, last_exit_code=None, last_run_started_at="2026-01-01T00:00:00.000Z",
+             last_run_finished_at=None, runner_pid=999999)
     layout.state.write_text(json.dumps(s))
     with log_path(repo).open("a") as fh:
-        fh.write("2026-01-01T00:00:00.000Z === run 2 start ===\n")
+        fh.write("2026-01-01T00:00:00.000Z === run 2 start ===\n2026-01-01T00:00:07.250Z [run 2] working\n")
     layout.lock.write_text(json.dumps({"pid": 999999, "pid_started": "1", "started_at": "then"}))
     config = load_config(layout.config)
     assert reconcile(config)
     after = state(repo)
     assert (after.status, after.stop_reason, after.runner_pid) == ("error", "interrupted", None)
-    assert read_run(log_path(repo), 3, 2)[-1].endswith("=== run 2 end (interrupted) ===")
+    lines = read_run(log_path(repo), 3, 2)
+    assert lines[-1].endswith("=== run 2 end (interrupted) ===")
+    assert "pid 999999) died during this run; last heard of it at 2026-01-01T00:00:07.250Z" in lines[-2]
+    # nothing of the run was left to end: it ended some time after its last line, not when car noticed
+    assert after.last_run_finished_at == "2026-01-01T00:00:07.250Z"
+    runs = read_jsonl(layout.runs)
+    assert [r["id"] for r in runs] == [1, 2]  # the run history keeps the interrupted run
+    assert runs[1] == {"id": 2, "started_at": "2026-01-01T00:00:00.000Z", "finished_at": "2026-01-01T00:00:07.250Z",
+                       "exit_code": None, "end_reason": "interrupted", "usage": None, "output": None}
     assert not reconcile(config)  # once only
+    assert len(read_jsonl(layout.runs)) == 2
     assert layout.lock.exists()  # reconcile never clears a lock
 
 

@@ -61,5 +61,8 @@ def stamp(path: Path) -> Tuple[bytes, int, int]:
 
 
 def wait_status(hub: HubSupervisor, repo_id: str, *statuses: str, timeout: float = 20) -> Any:
+    def what() -> str:
+        return f"{repo_id} to be {' or '.join(statuses)} (now {hub.repo(repo_id).status.value})"
+
     return wait_until(lambda: hub.repo(repo_id) if hub.repo(repo_id).status.value in statuses else None,
-                      timeout, f"{repo_id} to be {' or '.join(statuses)} (now {hub.repo(repo_id).status.value})")
+                      timeout, what)

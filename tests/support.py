@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 import yaml
 
@@ -35,16 +35,16 @@ def clean_python(where: Path) -> Path:
     return where / "bin" / "python"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10, what: str = "condition",
+def wait_until(predicate: Callable[[], Any], timeout: float = 10, what: Union[str, Callable[[], str]] = "condition",
                interval: float = 0.02) -> Any:
-    """Poll `predicate` until truthy; fail naming `what` after `timeout` seconds."""
+    """Poll `predicate` until truthy; fail naming `what` (called then, if a function) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
 
 

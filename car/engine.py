@@ -88,6 +88,7 @@ class Engine:
         reconcile(self.config)
         self._lock_token = acquire_lock(self.layout.lock).owner_token
         reason: Optional[StopReason] = None
+        closed = False
         try:
             self.layout.stop.unlink(missing_ok=True)  # we own the lock: an old stop was for an old loop
             reason = self._loop(once)
@@ -95,13 +96,18 @@ class Engine:
         finally:
             try:
                 if reason is not None:
-                    self._finish(reason)
+                    closed = self._finish(reason)
                 elif self._ran:  # an error before any run leaves state.json as it was
                     # the loop's own error is the one to say, even if closing its state fails too
                     # (a broken state.json, the same read-only directory)
                     with contextlib.suppress(Exception):
-                        self._finish(StopReason.INTERRUPTED)
+                        closed = self._finish(StopReason.INTERRUPTED)
             finally:  # whatever failed: a lock left behind would block every later start as stale
+                if not closed and (reason or self._ran) and self.layout.dir.is_dir():
+                    # the repo was away when the state was to be closed and is back: the lock is
+                    # released here, so the state must not stay "running" beside it
+                    with contextlib.suppress(Exception):
+                        self._finish(reason or StopReason.INTERRUPTED)
                 release_lock(self.layout.lock, self._lock_token)  # a lock not ours any more is left alone
                 if self._own_log:
                     self.log.close()
@@ -216,13 +222,16 @@ class Engine:
                            f"docs.todo in .codex-autorunner/config.yml")
         return parse_todos(read_text(path))
 
-    def _finish(self, reason: StopReason) -> None:
+    def _finish(self, reason: StopReason) -> bool:
+        """Close the loop in state.json; False if it was not this loop's to write (see _may_write_state)."""
         try:
-            if self._may_write_state():
-                state = load_state(self.layout.state)
-                state.status = (RunStatus.ERROR if reason in ERROR_REASONS else RunStatus.IDLE).value
-                state.stop_reason, state.runner_pid = reason.value, None
-                save_state(self.layout.state, state)
+            if not self._may_write_state():
+                return False
+            state = load_state(self.layout.state)
+            state.status = (RunStatus.ERROR if reason in ERROR_REASONS else RunStatus.IDLE).value
+            state.stop_reason, state.runner_pid = reason.value, None
+            save_state(self.layout.state, state)
+            return True
         finally:  # the loop is over even when its state cannot be written: views must not show a run
             self.current_run_id = self.current_run_started_at = None
             self._on_change()

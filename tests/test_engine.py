@@ -395,6 +395,31 @@ def test_reconcile_closes_a_run_whose_owner_died(repo: Path) -> None:
     assert layout.lock.exists()  # reconcile never clears a lock
 
 
+def test_a_repo_back_before_its_loop_lets_go_of_the_lock_gets_its_state_closed(repo: Path, tmp_path: Path) -> None:
+    """The repo moved away just as its loop closes state.json, and back before the lock is released:
+    the lock is found again and released, so the state must not stay "running" beside it."""
+    away = tmp_path / "away"
+
+    class MovedWhileClosing(Engine):
+        moved = False
+
+        def _finish(self, reason: StopReason) -> bool:
+            if self.moved:
+                return super()._finish(reason)
+            self.moved = True
+            repo.rename(away)
+            try:
+                return super()._finish(reason)  # nothing to write to: the repo is away
+            finally:
+                away.rename(repo)
+
+    eng = MovedWhileClosing(load_config(RepoLayout(repo).config))
+    assert eng.run_loop(once=True) is StopReason.STOP_AFTER_RUNS and eng.moved
+    after = state(repo)
+    assert (after.status, after.stop_reason, after.runner_pid) == ("idle", "stop_after_runs", None)
+    assert not RepoLayout(repo).lock.exists()
+
+
 # the lock taken from under a running loop -----------------------------------------------------
 def test_a_lock_removed_during_a_run_ends_the_loop_after_that_run(repo: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from car.errors import Conflict, InitError, LockError, NotFound
 from car.hub import HubSupervisor
 from car.layout import GITIGNORE_TEXT, HubLayout, RepoLayout
 from car.lock import inspect_lock
-from car.state import RepoState, save_state
+from car.state import RepoState, load_state, save_state
 from car.status import LockStatus
 
 from hub_fixtures import agent_repos, git_repos, hub_config, make_hub, stamp, started, wait_status
@@ -316,7 +316,7 @@ def test_a_repo_moved_while_it_runs_is_not_shown_running_once_its_run_ended(
         (root / "alpha").rename(tmp_path / "away" if back else root / "gamma")
         wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the moved repo's agent and child gone")
         wait_until(lambda: hub.repo("alpha").status.value == "missing", 10, "alpha listed missing")
-        if back:  # once its loop has ended (moved back sooner, the loop may find it again: see the note)
+        if back:  # once its loop has ended (sooner: the next test)
             wait_until(lambda: loop_ended(hub, "alpha"), 20, "alpha's loop to end")
             (tmp_path / "away").rename(root / "alpha")
         name = "alpha" if back else "gamma"
@@ -327,6 +327,29 @@ def test_a_repo_moved_while_it_runs_is_not_shown_running_once_its_run_ended(
         hub.resume(name, once=True)
         entry = wait_status(hub, name, "idle")
         assert entry.todo_done == 1 and not RepoLayout(root / name).lock.exists()
+
+
+def test_a_repo_moved_back_while_its_loop_ends_tells_how_that_loop_ended(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    """Moved back as soon as its run is ended (by the hub, or by the loop seeing the repo gone), the
+    repo may be back before its loop's last writes. The loop then closes its state there and lets go
+    of its lock: killed, or interrupted when it saw the repo gone. If the repo came back only after the
+    loop ended, its lock is stale, as after a crash, and the scan closes the run. Either way nothing
+    says running once the loop is over."""
+    with hung_alpha(tmp_path, monkeypatch) as (hub, root, pids):
+        (root / "alpha").rename(tmp_path / "away")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the moved repo's agent and child gone")
+        (tmp_path / "away").rename(root / "alpha")
+        wait_until(lambda: loop_ended(hub, "alpha"), 20, "alpha's loop to end")
+        hub.scan()
+        entry = wait_status(hub, "alpha", "idle", "error", "locked")
+        state = load_state(RepoLayout(root / "alpha").state)
+        assert state.status != "running" and state.runner_pid is None and state.last_run_finished_at
+        if RepoLayout(root / "alpha").lock.exists():
+            assert entry.lock_status.value == "locked_stale" and entry.stop_reason == "interrupted"
+        else:  # the loop closed its own state: no owner died
+            assert entry.stop_reason in ("killed", "interrupted")
+            assert "owner died" not in hub.config.log_path.read_text()
 
 
 def test_resume_clears_a_stale_lock_and_never_a_live_one(tmp_path: Path):

@@ -280,11 +280,15 @@ class HubSupervisor:
         return (runner.active, runner.last_error) if runner is not None else (False, None)
 
     # per-repo controls -------------------------------------------------------------------
-    def runner(self, repo_id: str) -> RepoRunner:
-        """The repo's one RepoRunner (made on first use); Conflict if the repo cannot run."""
+    def runner(self, repo_id: str, starting: bool = False) -> RepoRunner:
+        """The repo's one RepoRunner (made on first use); Conflict if the repo cannot run, or if it is
+        `starting` a loop (run, resume) and the manifest disables it."""
         with self._guard:
             self._check_open()
             slot = self._listing.slot(repo_id)
+            if starting and not slot.entry.enabled:
+                raise Conflict(f"{repo_id} is disabled (enabled: false in {self.config.manifest_path}); "
+                               f"set it to true to run it")
             runner = self._runners.get(repo_id)
             if runner is not None and runner.active:
                 return runner
@@ -307,11 +311,7 @@ class HubSupervisor:
             return runner
 
     def run(self, repo_id: str, once: bool = False) -> RepoEntry:
-        with self._guard:
-            if not self._listing.slot(repo_id).entry.enabled:
-                raise Conflict(f"{repo_id} is disabled (enabled: false in {self.config.manifest_path}); "
-                               f"set it to true to run it")
-        self.runner(repo_id).start(once=once)
+        self.runner(repo_id, starting=True).start(once=once)
         self.log.info("run %s%s", repo_id, " (once)" if once else "")
         return self.repo(repo_id)
 
@@ -321,7 +321,7 @@ class HubSupervisor:
         return self.repo(repo_id)
 
     def resume(self, repo_id: str, once: bool = False) -> RepoEntry:
-        self.runner(repo_id).resume(once=once)
+        self.runner(repo_id, starting=True).resume(once=once)
         self.log.info("resume %s%s", repo_id, " (once)" if once else "")
         return self.repo(repo_id)
 

@@ -145,6 +145,24 @@ def test_a_missing_repo_cannot_run(served):
     assert reply.status == 409 and "missing" in reply.json["error"]["message"]
 
 
+def test_a_disabled_repo_starts_through_no_route_and_can_still_be_read(hub_root: Path):
+    manifest = hub_root / ".codex-autorunner" / "manifest.yml"
+    manifest.write_text(manifest.read_text().replace("enabled: true\n  id: alpha", "enabled: false\n  id: alpha"))
+    assert "enabled: false\n  id: alpha" in manifest.read_text()
+    layout = RepoLayout(hub_root / "alpha")
+    state = layout.state.read_bytes()
+    with hub_server(hub_root) as served:
+        for path in ("/hub/repos/alpha/run", "/hub/repos/alpha/resume", "/repos/alpha/api/run/start",
+                     "/repos/alpha/api/run/resume"):
+            reply = served.client.post(path, {"once": True})
+            assert reply.status == 409, path
+            assert reply.json["error"]["message"] == (f"alpha is disabled (enabled: false in {manifest}); "
+                                                      "set it to true to run it"), path
+        assert served.client.get("/repos/alpha/api/state").status == 200
+        assert served.entry("alpha")["status"] == "idle" and served.entry("alpha")["last_run_id"] is None
+    assert not layout.lock.exists() and layout.state.read_bytes() == state
+
+
 def test_a_repo_locked_by_another_process_is_409(served, hub_root: Path):
     lock = RepoLayout(hub_root / "alpha").lock
     acquire_lock(lock)  # a live owner that is not the hub's runner

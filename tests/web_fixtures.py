@@ -18,7 +18,7 @@ import pytest
 
 from car.config import load_config
 from car.runner import RepoRunner
-from car.web.api_repo import repo_routes
+from car.web.api_repo import one_runner, repo_routes
 from car.web.server import Running, start_in_thread
 
 
@@ -185,7 +185,7 @@ def repo_server(root: Path, **options: Any) -> Iterator[Served]:
     runner = RepoRunner(config, executor)
     log, _ = capture_logger(f"car.test.web.{root}")
     options.setdefault("log", log)
-    running = start_in_thread(repo_routes("/api", lambda: runner), **options)
+    running = start_in_thread(repo_routes("/api", one_runner(runner)), **options)
     try:
         yield Served(running, runner, Client(running.port, running.token), options["log"])
     finally:

@@ -22,11 +22,18 @@ from car.usage import repo_usage
 from car.web.router import Request, Response, Route, body_field, json_response, route
 from car.web.sse import Chunks, EventStream, Streams, encode_lines
 
-GetRunner = Callable[..., RepoRunner]  # get_runner(**ids from the path) -> that repo's runner
+# get_runner(**ids from the path) -> that repo's runner; with starting=True, for a loop's start
+# (the hub refuses a repo its manifest disables)
+GetRunner = Callable[..., RepoRunner]
 
 CONTEXT_LINES = 50  # what a new log-stream client gets first
 DEFAULT_TAIL, MAX_TAIL = 200, 100_000
 FILE_POLL_SECONDS = 0.25
+
+
+def one_runner(runner: RepoRunner) -> GetRunner:
+    """The get_runner of `car serve`: its one repo, whatever is asked."""
+    return lambda starting=False: runner
 
 
 def repo_routes(prefix: str, get_runner: GetRunner) -> List[Route]:
@@ -108,13 +115,13 @@ class RepoApi:
     # control ----------------------------------------------------------------------------
     def post_start(self, req: Request, **ids: str) -> Response:
         once = body_field(req.json(), "once", bool, False)
-        runner = self._get_runner(**ids)
+        runner = self._get_runner(starting=True, **ids)
         runner.start(once=once)
         return json_response(self._state(runner))
 
     def post_resume(self, req: Request, **ids: str) -> Response:
         once = body_field(req.json(), "once", bool, False)
-        runner = self._get_runner(**ids)
+        runner = self._get_runner(starting=True, **ids)
         runner.resume(once=once)
         return json_response(self._state(runner))
 

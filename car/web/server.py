@@ -22,7 +22,7 @@ from car.layout import HubLayout, RepoLayout
 from car.service_log import close_logger, make_logger
 from car.signals import on_stop_signals
 from car.web.api_hub import hub_routes
-from car.web.api_repo import repo_routes
+from car.web.api_repo import one_runner, repo_routes
 from car.web.handler import App, Handler, host_names, is_loopback, url_netloc
 from car.web.router import Route
 from car.web.sse import Streams
@@ -230,7 +230,7 @@ def serve_repo(runner: Any, host: str, port: int, allow_remote: bool = False, ba
     log = make_logger(f"car.web.{config.root}", layout.web_log, config.log.backup_count,
                       max_bytes=config.log.max_bytes)
     try:
-        _serve(repo_routes("/api", lambda: runner), host, port, log, layout.token, allow_remote,
+        _serve(repo_routes("/api", one_runner(runner)), host, port, log, layout.token, allow_remote,
                base_path, ready, stop, heartbeat_seconds, listening)
     finally:
         close_logger(log)

@@ -236,8 +236,18 @@ class FileCursor:
         self._buf = b""
         self._ino, self._pos = position
 
-    def tail(self, n: int) -> List[str]:
-        """The last `n` complete lines before the marked position."""
+    def tail(self, n: int, backup_count: int = 0) -> List[str]:
+        """The last `n` complete lines before the marked position; when the file holds fewer (it
+        rolls over right after a run's end), the backups' last lines come first."""
+        lines = self._tail_of_file(n)
+        for backup in reversed(log_files(self.path, backup_count)):  # newest first
+            if len(lines) >= n:
+                break
+            if backup != self.path:
+                lines[:0] = tail(backup, n - len(lines))
+        return lines
+
+    def _tail_of_file(self, n: int) -> List[str]:
         if n <= 0 or not self._pos:
             return []
         try:

@@ -123,6 +123,11 @@ def test_the_log_tail_after_a_rollover_comes_from_the_backup(served, repo: Path)
     wait_idle(served)
     run = served.client.get("/api/logs?run_id=1").json
     assert served.client.get("/api/logs?tail=2").json["lines"] == run["lines"][-2:]
+    sse = served.sse("/api/logs/stream")  # a new stream's context lines too
+    try:
+        assert sse.lines_until(lambda line: "=== run 1 end" in line, timeout=10) == run["lines"]
+    finally:
+        sse.close()
 
 
 def test_runs_merge_token_usage_from_runs_jsonl(served, repo: Path):

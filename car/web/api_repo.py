@@ -184,7 +184,7 @@ def log_chunks(runner: RepoRunner, streams: Streams) -> Chunks:
     feed, cursor = runner.feed, FileCursor(runner.config.log_path)
     seq = feed.seq  # taken before the mark: a line may come twice, never not at all
     cursor.mark(cursor.position())
-    yield encode_lines(cursor.tail(CONTEXT_LINES))
+    yield encode_lines(cursor.tail(CONTEXT_LINES, runner.config.log.backup_count))
     from_file, next_check = False, 0.0
     try:
         while not streams.stop.is_set():

@@ -8,7 +8,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-from car.errors import Conflict
+from car.errors import StaleEtag
 from car.files import read_text, write_atomic
 
 
@@ -82,11 +82,11 @@ def read_doc(path: Path) -> Doc:
 
 
 def write_doc(path: Path, content: str, etag: Optional[str] = None) -> Doc:
-    """Write a doc; with an etag, only if the doc still has it (else Conflict, nothing written)."""
+    """Write a doc; with an etag, only if the doc still has it (else StaleEtag, nothing written)."""
     if etag is not None:
         current = read_doc(path)
         if current.etag != etag:
-            raise Conflict(f"{path.name} changed since it was loaded (etag {etag} is stale, "
+            raise StaleEtag(f"{path.name} changed since it was loaded (etag {etag} is stale, "
                            f"now {current.etag}); reload it and apply your edit again")
     write_atomic(path, content)
     return Doc(content, etag_of(content))

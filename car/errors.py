@@ -37,6 +37,12 @@ class LockError(Conflict):
     code = "locked"
 
 
+class StaleEtag(Conflict):
+    """A doc changed on disk since the client loaded it (its etag is stale): nothing was written."""
+
+    code = "stale_etag"
+
+
 class AgentError(CarError):
     """The agent cannot be started (binary missing, not executable)."""
 

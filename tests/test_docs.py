@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from car.docs import parse_todos, read_doc, write_doc
-from car.errors import Conflict
+from car.errors import StaleEtag
 
 
 @pytest.mark.parametrize("text, done, outstanding", [
@@ -33,7 +33,7 @@ def test_write_with_stale_etag_conflicts_and_writes_nothing(tmp_path: Path) -> N
     path.write_text("one\n")
     first = read_doc(path)
     path.write_text("changed elsewhere\n")
-    with pytest.raises(Conflict, match="changed since it was loaded"):
+    with pytest.raises(StaleEtag, match="changed since it was loaded"):
         write_doc(path, "mine\n", etag=first.etag)
     assert path.read_text() == "changed elsewhere\n"
     fresh = read_doc(path)

@@ -62,7 +62,7 @@ def test_put_doc_with_etag_then_stale_etag_is_409_and_writes_nothing(served, rep
     assert saved.status == 200 and saved.json["todo"]["content"] == "- [ ] mine\n"
     assert todo.read_text() == "- [ ] mine\n"
     stale = served.client.put("/api/docs/todo", {"content": "- [ ] lost\n", "etag": etag})
-    assert stale.status == 409 and stale.error_code == "conflict"
+    assert stale.status == 409 and stale.error_code == "stale_etag"
     assert todo.read_text() == "- [ ] mine\n"
     forced = served.client.put("/api/docs/todo", {"content": "- [ ] forced\n"})  # no etag: write
     assert forced.status == 200 and todo.read_text() == "- [ ] forced\n"

@@ -123,9 +123,14 @@ def _run_in_foreground(config: RepoConfig, once: bool) -> int:
     reason: StopReason = outcome["reason"]
     state = view_repo(config)
     print(f"car: loop ended: {reason.value} (last run {state.last_run_id}, "
-          f"exit code {state.last_exit_code}, TODO {state.done_todos}/"
+          f"{_exit_code(state.last_exit_code)}, TODO {state.done_todos}/"
           f"{state.done_todos + state.outstanding_todos} done)")
     return 1 if reason in ERROR_REASONS else 0
+
+
+def _exit_code(code: Optional[int]) -> str:
+    """A run's exit code as said to a user: a run going on, killed or interrupted has none."""
+    return "no exit code" if code is None else f"exit code {code}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -194,7 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"status:     {view.status}" + (f" (pid {view.lock_pid})" if view.lock_pid else ""))
     print(f"lock:       {view.lock_status}")
     print(f"TODO:       {view.done_todos}/{total} done")
-    print(f"last run:   {view.last_run_id or '-'} (exit code {view.last_exit_code}, "
+    print(f"last run:   {view.last_run_id or '-'} ({_exit_code(view.last_exit_code)}, "
           f"started {view.last_run_started_at or '-'}, finished {view.last_run_finished_at or '-'})")
     print(f"stop reason: {view.stop_reason or '-'}")
     if view.lock_status == LockStatus.LOCKED_STALE.value:

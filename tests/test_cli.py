@@ -172,6 +172,7 @@ def test_kill_dash_9_of_car_run_is_reconciled(repo: Path, tmp_path: Path) -> Non
         assert [(r["id"], r["end_reason"], r["exit_code"]) for r in runs] == [(1, "interrupted", None)]
         ended = next(line for line in log.splitlines() if "left its run going" in line).split(" ", 1)[0]
         assert runs[0]["finished_at"] == data["last_run_finished_at"] >= ended
+        assert "last run:   1 (no exit code, started " in run_car("status", cwd=repo).stdout
         again = run_car("run", cwd=repo)
         assert again.returncode == 1 and "stale lock" in again.stderr and "car resume" in again.stderr
         resumed = run_car("resume", "--once", cwd=repo, env=car_env(FAKE_AGENT_MODE="ok"))

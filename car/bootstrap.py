@@ -151,6 +151,9 @@ def init_repo(root: Path, force: bool = False, git_init: bool = False) -> InitRe
         assert isinstance(config, RepoConfig)
         for kind, text in STARTER_DOCS.items():
             path = config.doc_path(kind.value)
+            if path.exists() and not path.is_file():  # kept, it would stop every run that reads it
+                raise InitError(f"{path} is not a file (a directory?); move it away and init again, "
+                                f"or set docs.{kind.value} in {layout.config} to a file")
             if path.exists():
                 report.note(path, "kept (docs are never rewritten)" if force else "kept")
                 continue

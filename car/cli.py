@@ -281,10 +281,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"warn  {warning}")
     for kind in DocKind:
         path = config.doc_path(kind.value)
-        check(path.is_file(), f"doc {kind.value}: {path}", f"doc {kind.value} missing: {path} "
-              f"(run `car init` to create it, or fix docs.{kind.value})")
-    todos = parse_todos(read_text(config.doc_path("todo")))
-    print(f"info  TODO: {todos.done} done, {todos.outstanding} outstanding")
+        bad = (f"doc {kind.value}: {path} is not a file (a directory?); move it away and run `car init`"
+               if path.exists() else f"doc {kind.value} missing: {path} (run `car init` to create it, or fix "
+               f"docs.{kind.value})")
+        check(path.is_file(), f"doc {kind.value}: {path}", bad)
+    if config.doc_path("todo").is_file():
+        todos = parse_todos(read_text(config.doc_path("todo")))
+        print(f"info  TODO: {todos.done} done, {todos.outstanding} outstanding")
     try:
         binary = resolve_binary(config.codex.binary, config.root)
         version = _agent_version(binary)

@@ -92,6 +92,19 @@ def test_car_dir_that_is_a_file_is_an_init_error(tmp_path: Path) -> None:
     assert (root / ".codex-autorunner").read_text() == "not a dir"
 
 
+def test_a_directory_where_a_doc_goes_is_an_init_error_not_kept(tmp_path: Path) -> None:
+    root = make_git_repo(tmp_path / "r")
+    (root / ".codex-autorunner" / "TODO.md").mkdir(parents=True)
+    with pytest.raises(InitError) as err:
+        init_repo(root)
+    assert str(err.value) == (f"{root / '.codex-autorunner' / 'TODO.md'} is not a file (a directory?); move it "
+                              f"away and init again, or set docs.todo in {root / '.codex-autorunner' / 'config.yml'} "
+                              "to a file")
+    (root / ".codex-autorunner" / "TODO.md").rmdir()
+    assert init_repo(root)  # once it is moved away, init goes on where it stopped
+    assert (root / ".codex-autorunner" / "TODO.md").is_file()
+
+
 def test_unwritable_file_is_an_init_error_naming_it(tmp_path: Path) -> None:
     # works as root too (chmod would not stop root): a directory where a file must go
     root = make_git_repo(tmp_path / "r")

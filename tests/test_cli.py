@@ -108,6 +108,18 @@ def test_doctor_passes_on_a_good_repo(repo: Path, monkeypatch: pytest.MonkeyPatc
     assert "all checks passed" in out and "ok    git repository" in out
 
 
+def test_doctor_names_a_directory_where_a_doc_goes_and_checks_on(repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys) -> None:
+    todo = repo / ".codex-autorunner" / "TODO.md"
+    todo.unlink()
+    todo.mkdir()
+    monkeypatch.chdir(repo)
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  doc todo: {todo} is not a file (a directory?); move it away and run `car init`" in out
+    assert "ok    git repository" in out and "1 problem(s) found" in out
+
+
 def test_run_and_log_by_run_id(repo: Path) -> None:
     proc = run_car("run", cwd=repo)
     assert proc.returncode == 0, proc.stderr

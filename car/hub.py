@@ -59,6 +59,7 @@ class HubSupervisor:
         self._guard = threading.RLock()  # listing and runners; a scan holds _scan_lock first
         self._scan_lock = threading.Lock()
         self._runners: Dict[str, RepoRunner] = {}
+        self._closing: Set[str] = set()  # repos whose crashed run is being closed (_reconcile)
         self._listing = RepoListing(config.root, self._runner_facts)
         self._worker = HubWorker(self._publish, self._repo_ids, self._flush, self.log,
                                  poll_seconds=poll_seconds, flush_seconds=flush_seconds)
@@ -204,9 +205,11 @@ class HubSupervisor:
     def _reconcile(self, slot: RepoSlot) -> bool:
         """A state.json that says running while no live process holds the lock: close that run."""
         files = slot.files
-        if (files.run_status != _RUNNING or files.lock_status is LockStatus.LOCKED_ALIVE
-                or self._runner_facts(slot.id)[0]):
-            return False
+        with self._guard:
+            if (files.run_status != _RUNNING or files.lock_status is LockStatus.LOCKED_ALIVE
+                    or self._runner_facts(slot.id)[0] or slot.id in self._closing):
+                return False
+            self._closing.add(slot.id)  # one closing at a time: a scan's and a poll's would both end it
         try:
             config = load_config(RepoLayout(slot.root).config)
             note = partial(self._note_orphan, slot.id)
@@ -215,6 +218,9 @@ class HubSupervisor:
                 return True
         except CarError as exc:
             self.log.warning("%s: cannot close its interrupted run: %s", slot.id, exc)
+        finally:
+            with self._guard:
+                self._closing.discard(slot.id)
         return False
 
     def _note_orphan(self, repo_id: str, orphan: OrphanedRun) -> None:
@@ -371,7 +377,29 @@ class HubSupervisor:
         for entry in changed:
             self.events.publish(("repo", entry))
         self._end_gone_runs(changed)
+        self._close_crashed_runs(changed)
         return bool(changed)
+
+    def _close_crashed_runs(self, entries: Iterable[RepoEntry]) -> None:
+        """A loop another process ran died (kill -9, a crash) while this hub serves: end what it left
+        running and close its run, as a scan or `car status` would (DESIGN.md §3). Else the list shows
+        a run under way that nobody watches, and its agent goes on working. On the executor: ending an
+        orphan may take the kill grace, and the worker publishes every repo's changes."""
+        for entry in entries:
+            if entry.status is not RepoStatus.LOCKED or entry.lock_status is not LockStatus.LOCKED_STALE:
+                continue
+            with self._guard:
+                slot = self._listing.slots.get(entry.id)
+                if slot is None or slot.files.run_status != _RUNNING or entry.id in self._closing:
+                    continue
+            try:
+                self._executor.submit(self._close_crashed_run, slot)
+            except RuntimeError:  # shutting down: the next start closes it
+                pass
+
+    def _close_crashed_run(self, slot: RepoSlot) -> None:
+        if self._reconcile(slot):
+            self._worker.touch(slot.id)
 
     def _end_gone_runs(self, entries: Iterable[RepoEntry]) -> None:
         """A repo moved or deleted while this hub ran it: end the run. Its agent would go on working

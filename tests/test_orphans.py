@@ -360,3 +360,31 @@ def test_the_run_marker_is_in_the_lock_before_the_agent_exists(tmp_path: Path):
 
     Engine(load_config(RepoLayout(repo).config), spawn=spawn).run_loop(once=True)
     assert len(seen) == 1 and seen[0][0] and seen[0][0] == seen[0][1]
+
+
+def test_a_loop_of_another_process_dying_while_the_hub_serves_is_closed_at_its_poll(tmp_path: Path):
+    """`car run` in a terminal on a hub repo is killed -9: the hub, which only watched that loop, ends
+    the agent it left going and closes its run, instead of listing a run under way that nobody runs."""
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha")
+    pidfile = tmp_path / "pids"
+    with started(config) as hub:
+        proc = start_car(root / "alpha", "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
+        try:
+            pids = agent_and_child(pidfile)
+            entry = wait_status(hub, "alpha", "locked")
+            assert entry.lock_status.value == "locked_alive" and entry.current_run_id == 1
+            proc.kill()
+            proc.wait(10)
+            wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the orphaned agent and child to be ended")
+            entry = wait_until(lambda: (lambda e: e if e.stop_reason == "interrupted" else None)(hub.repo("alpha")),
+                               20, "the run to be closed")
+            assert entry.current_run_id is None and entry.last_run_finished_at
+            assert (entry.status.value, entry.lock_status.value) == ("locked", "locked_stale")  # for resume
+        finally:
+            proc.kill()
+            reap(proc, read_pids(pidfile) if pidfile.exists() else [])
+    log = config.log_path.read_text()
+    assert f"alpha: the loop's owner (pid {proc.pid}) died and left its run going; ended 2 process(es)" in log
+    assert "alpha: the last run's owner died; closed it as interrupted" in log

@@ -17,7 +17,10 @@ from typing import Callable, Iterator, List, Optional, Tuple, TypeVar, Union
 from car.errors import AgentError
 
 TOKEN_VAR = "CAR_RUN_TOKEN"
-MAX_LINE_BYTES = 64 * 1024
+# A longer line reaches the reader in pieces. Codex's --json events carry a command's whole output
+# (or a whole message) in one line: cut, an event cannot be read, and its exit code or a BLOCKED: is
+# lost. Memory follows the line as read, not this bound.
+MAX_LINE_BYTES = 8 * 1024 * 1024
 SWEEP_GRACE_SECONDS = 1.0  # between the sweep's SIGTERM and its SIGKILL
 T = TypeVar("T")
 

@@ -233,6 +233,22 @@ def test_model_error_fails_the_run_and_stops_the_loop(
     assert len(srv.requests) == 1  # no retries, and the loop did not start a second run
 
 
+def test_events_far_over_64_kib_are_read_as_events(codex_repo: Path, tmp_path: Path) -> None:
+    """QA: a command's whole output and a long message each come as ONE JSON line; cut at 64 KiB they
+    went to the log as raw JSON, the exit code was lost, and a BLOCKED: message was missed."""
+    blocked = "BLOCKED: the deploy key is missing. " + "z" * 70_000
+    with model(tmp_path, [{"shell": "seq 1 40000; exit 2"}, {"message": blocked}]) as (_srv, home):
+        r = car(codex_repo, home, "run")
+    assert r.returncode == 0 and "loop ended: blocked" in r.stdout, r.stdout + r.stderr
+    texts = run_texts(codex_repo, 1)
+    assert "✗ exit 2: seq 1 40000; exit 2" in texts and "  40000" in texts, texts[:20]
+    assert not any(t.startswith("{") for t in texts), [t[:80] for t in texts if t.startswith("{")]
+    assert max(map(len, texts)) <= 300  # readable lines, not the event
+    output = runs_jsonl(codex_repo)[-1]["output"]  # the message, as the next prompt gets it: its end
+    assert output.endswith("z" * 1000) and 1000 < len(output) <= 6000
+    assert load_state(RepoLayout(codex_repo).state).stop_reason == "blocked"
+
+
 def test_refused_connection_cannot_hang_the_loop(codex_repo: Path, tmp_path: Path) -> None:
     home = write_codex_home(tmp_path / "codex-home", f"http://127.0.0.1:{free_port()}/v1")
     # If Codex retried forever, car's idle watchdog would end the run: bounded either way.

@@ -83,10 +83,21 @@ class Engine:
             agent.interrupt()
 
     # the loop ---------------------------------------------------------------------------
+    def take_lock(self) -> None:
+        """What a loop needs before it may start: the agent binary, a crashed run closed, the lock.
+        run_loop does it if nobody did; a caller that starts the loop on another thread does it first,
+        so that a loop that cannot start is refused there and then (RepoRunner.start)."""
+        if self._lock_token is None:
+            resolve_binary(self.config.codex.binary, self.config.root)
+            reconcile(self.config)
+            self._lock_token = acquire_lock(self.layout.lock).owner_token
+
+    def give_back_lock(self) -> None:
+        """Release a lock taken by take_lock for a loop that will not run after all."""
+        release_lock(self.layout.lock, self._lock_token)
+
     def run_loop(self, once: bool = False) -> StopReason:
-        resolve_binary(self.config.codex.binary, self.config.root)
-        reconcile(self.config)
-        self._lock_token = acquire_lock(self.layout.lock).owner_token
+        self.take_lock()
         reason: Optional[StopReason] = None
         closed = False
         try:

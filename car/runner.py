@@ -7,14 +7,14 @@ import threading
 from concurrent.futures import Executor, Future
 from typing import Callable, List, Optional
 
-from car.agent import end_run_elsewhere, resolve_binary
+from car.agent import end_run_elsewhere
 from car.config import RepoConfig, load_config
 from car.engine import Engine
-from car.errors import CarError, ConfigError, Conflict, LockError
+from car.errors import CarError, ConfigError, Conflict
 from car.feed import Feed
 from car.files import write_atomic
 from car.layout import RepoLayout
-from car.lock import LockInfo, clear_stale_lock, inspect_lock, lock_held_message
+from car.lock import LockInfo, clear_stale_lock, inspect_lock
 from car.logs import open_run_log
 from car.recovery import OrphanedRun, reconcile
 from car.repo_view import RepoView, view_repo
@@ -76,7 +76,9 @@ class RepoRunner:
             return self._future is not None and not self._future.done()
 
     def start(self, once: bool = False) -> None:
-        """Start the loop; Conflict if running here, LockError if another process holds the lock."""
+        """Start the loop; Conflict if running here, LockError if another process holds the lock (or
+        it cannot be made), AgentError if the agent binary is missing: refused here, never reported
+        as started."""
         # outside the guard: ending a dead loop's orphan may take the kill grace, and the hub's
         # listing waits on the guard (`active`); a loop running here holds a live lock: a no-op
         reconcile(self.config, on_orphan=self._note_orphan)
@@ -84,13 +86,14 @@ class RepoRunner:
             if self._future is not None and not self._future.done():
                 raise Conflict(f"{self.config.root.name} is already running")
             self._reload_config()
-            resolve_binary(self.config.codex.binary, self.config.root)
-            info = inspect_lock(self.layout.lock)
-            if info.status is not LockStatus.UNLOCKED:
-                raise LockError(lock_held_message(self.layout.lock, info))
-            self._engine = Engine(self.config, log=self.log, on_change=self._on_change)
-            self.last_error = None
-            self._future = self._executor.submit(self._engine.run_loop, once)
+            engine = Engine(self.config, log=self.log, on_change=self._on_change)
+            engine.take_lock()
+            try:
+                self._future = self._executor.submit(engine.run_loop, once)
+            except BaseException:  # the executor is shut down (the hub is stopping): no loop holds it
+                engine.give_back_lock()
+                raise
+            self._engine, self.last_error = engine, None
             self._future.add_done_callback(self._on_done)
         self._on_change()
 

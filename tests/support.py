@@ -7,8 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Union
 
 import yaml
 
@@ -150,3 +151,23 @@ def hang_agent(monkeypatch: Any, tmp_path: Path) -> Path:
 def agent_and_child(pidfile: Path) -> list:
     """The pids of a hang agent (hang_agent) and its child, once both are up."""
     return wait_until(lambda: len(read_pids(pidfile)) == 2 and read_pids(pidfile), 20, "agent and child")
+
+
+@contextmanager
+def unwritable(path: Path) -> Iterator[Path]:
+    """`path` (a file or a directory) that nothing, root included, may change: `chattr +i` for root
+    (which chmod does not stop), chmod for anyone else; as it was afterwards."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True, timeout=30)
+        undo = ["chattr", "-i", str(path)]
+    else:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        undo = None
+    try:
+        yield path
+    finally:
+        if undo:
+            subprocess.run(undo, check=True, timeout=30)
+        else:
+            path.chmod(mode)

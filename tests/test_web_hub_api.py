@@ -12,7 +12,7 @@ import pytest
 from car.layout import HubLayout, RepoLayout
 from car.lock import acquire_lock, release_lock
 
-from support import make_repo, wait_until
+from support import make_repo, unwritable, wait_until
 from web_fixtures import Client, SseReader, hub_server, make_sample_hub, serve_process
 
 ENTRY_KEYS = {"id", "path", "display_name", "enabled", "auto_run", "status", "lock_status", "error",
@@ -161,6 +161,21 @@ def test_a_disabled_repo_starts_through_no_route_and_can_still_be_read(hub_root:
         assert served.client.get("/repos/alpha/api/state").status == 200
         assert served.entry("alpha")["status"] == "idle" and served.entry("alpha")["last_run_id"] is None
     assert not layout.lock.exists() and layout.state.read_bytes() == state
+
+
+def test_a_loop_that_cannot_take_its_lock_is_refused_not_reported_running(served, hub_root: Path):
+    """QA: with .codex-autorunner/ unwritable, run/start answered 200 "running"; the loop then died on its
+    thread, and the state never showed why."""
+    lock = RepoLayout(hub_root / "alpha").lock
+    with unwritable(lock.parent):
+        for path in ("/hub/repos/alpha/run", "/repos/alpha/api/run/start", "/repos/alpha/api/run/resume"):
+            reply = served.client.post(path, {"once": True})
+            assert reply.status == 409 and reply.error_code == "locked", (path, reply.text)
+            assert reply.json["error"]["message"].startswith(f"{lock}: cannot create the lock ("), reply.text
+            entry = served.entry("alpha")
+            assert (entry["status"], entry["last_run_id"]) == ("idle", None), path
+    assert not lock.exists()
+    assert served.client.post("/hub/repos/alpha/run", {"once": True}).status == 200  # and once it can
 
 
 def test_a_repo_locked_by_another_process_is_409(served, hub_root: Path):

@@ -199,7 +199,7 @@ def _checked(row: Row, i: int, path: Path, hub_root: Path) -> Row:
         if normal is None:
             raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path {rel!r} leaves the hub root "
                                 f"{hub_root}; point it at a directory under the hub root or remove the entry "
-                                f"({NEVER_REWRITTEN})")
+                                f"by hand ({NOT_REWRITTEN})")
         raise ManifestError(f"{path}: repos[{i}] (id {repo_id!r}): path: expected a directory relative to the "
                             f"hub root, got {rel!r}; {NEVER_REWRITTEN}")
     if not _RESERVED.isdisjoint(normal.split("/")):

@@ -101,6 +101,7 @@ def test_bad_manifests_are_refused_with_file_entry_and_fix(root: Path, text: str
         load_manifest(path, root)
     message = str(info.value)
     assert str(path) in message and "by hand" in message
+    assert "((" not in message and "))" not in message  # one aside, not one inside another
     for word in words:
         assert word in message
 

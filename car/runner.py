@@ -20,6 +20,8 @@ from car.recovery import OrphanedRun, reconcile
 from car.repo_view import RepoView, view_repo
 from car.status import LockStatus, StopReason
 
+ALREADY_RUNNING = "{name} is already running"
+
 
 def _live_lock(config: RepoConfig, verb: str) -> LockInfo:
     info = inspect_lock(RepoLayout(config.root).lock)
@@ -84,7 +86,7 @@ class RepoRunner:
         reconcile(self.config, on_orphan=self._note_orphan)
         with self._guard:
             if self._future is not None and not self._future.done():
-                raise Conflict(f"{self.config.root.name} is already running")
+                raise Conflict(ALREADY_RUNNING.format(name=self.config.root.name))
             self._reload_config()
             engine = Engine(self.config, log=self.log, on_change=self._on_change)
             engine.take_lock()
@@ -110,6 +112,8 @@ class RepoRunner:
     def resume(self, once: bool = False) -> None:
         """End what a dead loop left running, close its run, clear its stale lock (never a live
         one), and start."""
+        if self.active:  # its live lock is this process's: say so, not "held by pid <ours>"
+            raise Conflict(ALREADY_RUNNING.format(name=self.config.root.name))
         reconcile(self.config, on_orphan=self._note_orphan)
         clear_stale_lock(self.layout.lock)
         self.start(once=once)

@@ -51,6 +51,9 @@ def test_start_twice_is_a_conflict_and_stop_ends_after_the_run(repo: Path, pool,
     runner.start()
     with pytest.raises(Conflict, match="already running"):
         runner.start()
+    with pytest.raises(Conflict) as resumed:  # QA: it named the lock as held by this very process
+        runner.resume()
+    assert str(resumed.value) == f"{repo.name} is already running"
     wait_until(lambda: runner.view().current_run_id == 1, what="run 1")
     runner.request_stop()
     runner.wait(timeout=30)

@@ -78,8 +78,15 @@ def log_files(path: Path, backup_count: int) -> List[Path]:
     return [p for p in names if p.exists()]
 
 
+def split_lines(text: str) -> List[str]:
+    """A log's lines as the writer wrote them, split on \\n alone: str.splitlines() also splits at the \\r,
+    \\x0b, \\x85, \\u2028... an agent's line may hold, and what follows could pass for a run's marker."""
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def _lines(path: Path) -> Iterator[str]:
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
+    with path.open("r", encoding="utf-8", errors="replace", newline="\n") as fh:  # not at \r: split_lines
         for line in fh:
             yield line.rstrip("\n")
 
@@ -144,12 +151,13 @@ def run_ending(path: Path, backup_count: int, run_id: int) -> Tuple[bool, Option
     return bool(m and m.group(4) is not None), lines[-1].split(" ", 1)[0]
 
 
-def _read_back(path: Path, enough: Callable[[bytes], bool]) -> bytes:
-    """The end of a file, read backwards in chunks until `enough(data)` or the start."""
+def _read_back(path: Path, enough: Callable[[bytes], bool]) -> Tuple[bytes, bool]:
+    """The end of a file, read backwards in chunks until `enough(data)` or the start; and whether
+    it reached the start (else the data's first line may be cut)."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
-        return b""
+        return b"", True
     with fh:
         fh.seek(0, os.SEEK_END)
         end = pos = fh.tell()
@@ -158,15 +166,15 @@ def _read_back(path: Path, enough: Callable[[bytes], bool]) -> bytes:
             pos = max(0, pos - chunk)
             fh.seek(pos)
             data = fh.read(end - pos)
-    return data
+    return data, pos == 0
 
 
 def tail(path: Path, n: int) -> List[str]:
     """The last `n` lines of a file (a log, runs.jsonl), read from the end."""
     if n <= 0:
         return []
-    data = _read_back(path, lambda d: d.count(b"\n") > n)
-    return data.decode("utf-8", errors="replace").splitlines()[-n:]
+    data, _ = _read_back(path, lambda d: d.count(b"\n") > n)
+    return split_lines(data.decode("utf-8", errors="replace"))[-n:]
 
 
 def recent_runs(runs: Path) -> List[dict]:
@@ -194,14 +202,27 @@ def log_tail(path: Path, backup_count: int, n: int) -> List[str]:
     return lines
 
 
+def _run_start(data: bytes, run_id: int, whole: bool) -> Optional[int]:
+    """Where the newest start marker of run `run_id` begins in `data` (the end of a log; all of it if
+    `whole`). Only a whole line counts: an agent's line may end as one does ('[run 2] === run 2 start ===')."""
+    start = f" === run {run_id} start ===\n".encode()
+    end = len(data)
+    while (at := data.rfind(start, 0, end)) >= 0:
+        head = data.rfind(b"\n", 0, at) + 1  # 0: the data's first line, cut unless `whole`
+        if (head or whole) and _MARKER.match(data[head:at + len(start) - 1].decode("utf-8", errors="replace")):
+            return head
+        end = at
+    return None
+
+
 def last_run_output(path: Path, backup_count: int, run_id: int) -> str:
     """run_output() of the newest run, read from the end of the log: its cost does not grow
     with the log (a full read_run scan is the fallback when rotation moved the run)."""
-    start = f" === run {run_id} start ===".encode()
-    data = _read_back(path, lambda d: start in d)
-    if start not in data:
+    data, whole = _read_back(path, lambda d: _run_start(d, run_id, False) is not None)
+    at = _run_start(data, run_id, whole)
+    if at is None:
         return run_output(path, backup_count, run_id)
-    lines = data[data.rindex(start):].decode("utf-8", errors="replace").splitlines()
+    lines = split_lines(data[at:].decode("utf-8", errors="replace"))
     out = []
     for line in lines:
         m = _RUN_LINE.match(line)

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from car.config import load_config
+from car.layout import RepoLayout
+from car.logs import open_run_log
 from car.web.api_hub import hub_routes
 from car.web.server import start_in_thread
 
@@ -172,6 +175,29 @@ def test_live_log_shows_lines_as_the_agent_prints_them(hub_root: Path, page, mon
         page.locator("#run-picker").select_option("1")
         log_has(page, "working 11")
     assert (tmp_path / "repo.png").stat().st_size > 10_000
+
+
+def test_a_log_line_with_a_carriage_return_shows_once_as_one_line(hub_root: Path, page):
+    """An agent's progress bar (text\\rtext) comes as \\r in GET logs and as U+240D in the stream: the
+    live view must still know it has the line (it showed it twice), and show it as one line."""
+    config = load_config(RepoLayout(hub_root / "alpha").config)
+    log = open_run_log(config)
+    log.start_run(1)
+    log.write("Downloading  10%\rDownloading 100%", 1)
+    log.end_run(1, "code 0")
+    log.close()
+    with hub_server(hub_root) as served:
+        page.goto(served.running.url + "#/repos/alpha")
+        log_has(page, "=== run 1 end")
+        page.locator('#log-state[data-state="live"]').wait_for()
+        page.wait_for_timeout(500)  # the stream's context lines, had they been taken for new ones
+        shown = "Downloading  10%\u240dDownloading 100%"
+        assert page.locator("#log").inner_text().count(shown) == 1
+        page.locator('#run-picker option[value="1"]').wait_for(state="attached")
+        page.locator("#run-picker").select_option("1")
+        page.locator("#log-state", has_text="saved log").wait_for()
+        log_has(page, "=== run 1 end")
+        assert page.locator("#log").inner_text().count(shown) == 1
 
 
 def test_single_repo_page_under_a_base_path(tmp_path: Path, page, monkeypatch):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from car.logs import (
     log_files,
     log_tail,
     read_run,
+    run_ending,
     run_output,
     tail,
 )
 
-from support import car_env, make_repo, run_car, update_config, wait_until
+from support import car_cmd, car_env, make_repo, run_car, update_config, wait_until
 
 
 def write_runs(log: RunLog, first: int, last: int, lines: int = 50) -> None:
@@ -210,3 +212,58 @@ def test_the_tail_of_a_log_that_has_just_rolled_over_comes_from_its_backups(tmp_
     assert run_car("once", cwd=repo).returncode == 0
     shown = run_car("log", "--tail", "2", cwd=repo).stdout.splitlines()
     assert len(shown) == 2 and shown[-1].endswith("=== run 1 end (code 0) ===")
+
+
+# what agents print that str.splitlines() would cut: a progress bar's \r, the other Unicode line
+# boundaries, and text that would pass for car's markers once cut there (or as it is)
+ODD_OUTPUT = [
+    "Downloading  10%\rDownloading  50%\rDownloading 100%",
+    "hello\r2026-11-24T23:28:49.069Z === run 1 end (code 0) ===\rxx",
+    "hi\r2026-11-24T23:28:49.069Z === run 99 start ===",
+    "=== run 1 start ===",
+    "vt\x0bff\x0cfs\x1cgs\x1drs\x1enel\x85ls\u2028ps\u2029end",
+]
+FORGED_END = "bye\r2026-11-24T23:28:49.069Z === run 2 end (code 0) ===\rxx"
+
+
+def write_odd_log(path: Path) -> tuple:
+    """Run 1 ended, with ODD_OUTPUT; run 2 still going, after FORGED_END. Returns (run 1's lines, run 2's)."""
+    log = RunLog(path, max_bytes=0, backup_count=3)
+    log.start_run(1)
+    run1 = [log.write(text, 1) for text in ["before", *ODD_OUTPUT, "after"]]
+    log.end_run(1, "code 0")
+    log.start_run(2)
+    run2 = [log.write(FORGED_END, 2), log.write("still working", 2)]
+    log.close()
+    return run1, run2
+
+
+def test_an_agents_cr_and_unicode_line_breaks_stay_in_their_line_and_forge_no_marker(tmp_path: Path) -> None:
+    """QA: a progress bar's \\r split a line in two, and a forged end marker after it cut a run short."""
+    path = tmp_path / "car.log"
+    run1, run2 = write_odd_log(path)
+    assert path.read_bytes().count(b"\n") == len(run1) + len(run2) + 3  # the writer: one line per line
+    lines = read_run(path, 3, 1)
+    assert lines[1:-1] == run1 and lines[-1].endswith(" === run 1 end (code 0) ===")
+    assert read_run(path, 3, 2)[1:] == run2
+    runs = list_runs(path, 3)
+    assert [r.id for r in runs] == [1, 2] and runs[0].exit_code == 0
+    assert runs[0].finished_at != "2026-11-24T23:28:49.069Z" and runs[1].finished_at is None
+    assert run_ending(path, 3, 2) == (False, run2[-1].split(" ", 1)[0])
+    assert log_tail(path, 3, len(run1) + len(run2) + 3) == [*lines, *read_run(path, 3, 2)]
+    assert tail(path, 2) == run2
+    output = "\n".join(["before", *ODD_OUTPUT, "after"])
+    assert run_output(path, 3, 1) == output
+    assert last_run_output(path, 3, 1) == output  # from the end of the log: no forged start honored
+    assert last_run_output(path, 3, 2) == run_output(path, 3, 2) == f"{FORGED_END}\nstill working"
+
+
+def test_car_log_prints_a_line_with_a_cr_as_one_line(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    path = repo / ".codex-autorunner" / "codex-autorunner.log"
+    run1, _ = write_odd_log(path)
+    every = path.read_bytes().decode("utf-8").split("\n")[:-1]  # the lines as written
+    for args, want in ((["--run", "1"], every[:len(run1) + 2]), (["--tail", "3"], every[-3:])):
+        shown = subprocess.run(car_cmd("log", *args), cwd=repo, env=car_env(), capture_output=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.decode("utf-8").split("\n") == [*want, ""], args  # bytes: text mode splits at \r

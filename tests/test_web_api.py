@@ -215,6 +215,44 @@ def test_log_stream_sends_context_then_lines_as_the_agent_prints_them(served, mo
         sse.close()
 
 
+# what agents print that str.splitlines() would cut (a progress bar's \r, Unicode line breaks), and a
+# forged end marker that follows a \r
+ODD_OUTPUT = ["Downloading  10%\rDownloading  50%\rDownloading 100%",
+              "hello\r2026-11-24T23:28:49.069Z === run 1 end (code 0) ===\rxx",
+              "ls\u2028ps\u2029nel\x85vt\x0bff\x0cfs\x1cend"]
+
+
+def test_a_log_line_with_a_cr_is_one_line_in_the_api_and_the_stream(served):
+    """QA: GET logs showed '\\r' pieces as lines of their own, and a forged end marker cut the run short."""
+    log = served.runner.log  # the runner's own RunLog: lines go to the file and to the stream's Feed
+    log.start_run(1)
+    for text in ODD_OUTPUT:
+        log.write(text, 1)
+    log.end_run(1, "code 0")
+    every = served.runner.config.log_path.read_bytes().decode("utf-8").split("\n")[:-1]  # as written
+    assert len(every) == len(ODD_OUTPUT) + 2
+    assert served.client.get("/api/logs?run_id=1").json["lines"] == every
+    assert served.client.get("/api/logs?tail=3").json["lines"] == every[-3:]
+    runs = served.client.get("/api/runs").json["runs"]
+    assert [(r["id"], r["finished_at"]) for r in runs] == [(1, every[-1].split(" ", 1)[0])]
+
+    def shown(line: str) -> str:  # the stream sends \r as U+240D (SSE ends a line at \r)
+        return line.replace("\r", "\u240d")
+
+    sse = served.sse("/api/logs/stream")
+    try:
+        ended = sse.lines_until(lambda line: line.endswith(" === run 1 end (code 0) ==="), timeout=10)
+        assert ended == [shown(line) for line in every]  # the context lines, from the file
+        log.start_run(2)
+        log.write(ODD_OUTPUT[0], 2)
+        log.end_run(2, "code 0")
+        live = sse.lines_until(lambda line: line.endswith(" === run 2 end (code 0) ==="), timeout=10)
+        every = served.runner.config.log_path.read_bytes().decode("utf-8").split("\n")[:-1]
+        assert live == [shown(line) for line in every[-3:]]  # the new lines, from the Feed
+    finally:
+        sse.close()
+
+
 def test_a_vanished_sse_client_ends_its_thread_and_others_keep_streaming(served, monkeypatch):
     monkeypatch.setenv("FAKE_AGENT_MODE", "slow")
     monkeypatch.setenv("FAKE_AGENT_SLEEP", "0.1")

@@ -25,10 +25,17 @@ class EventStream:
     produce: Callable[["Streams"], Chunks]
 
 
+# SSE ends a line at \r as at \n, so a \r inside a log line (an agent's progress bar) cannot travel as
+# itself. It becomes U+240D, the symbol for a carriage return: the line stays one line, the page (which
+# splits on \n and shows the text as it is) shows where the agent returned the carriage, and no text is
+# lost (dropping it glued '10%' to the next step). A \r that ends a line is part of a \r\n: dropped.
+CR, CR_SHOWN_AS = "\r", "\u240d"
+
+
 def encode_event(name: Optional[str], data: str) -> bytes:
-    """One SSE event; every line of `data` becomes a `data:` line (\r would split a line)."""
+    """One SSE event; every line of `data` (split on \\n) becomes a `data:` line."""
     head = f"event: {name}\n" if name else ""
-    body = "".join(f"data: {line}\n" for line in data.replace("\r", "").split("\n"))
+    body = "".join(f"data: {line.rstrip(CR).replace(CR, CR_SHOWN_AS)}\n" for line in data.split("\n"))
     return (head + body + "\n").encode("utf-8")
 
 

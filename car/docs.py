@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from car.errors import StaleEtag
-from car.files import read_text, write_atomic
+from car.files import read_text, write_atomic, write_error
 
 
 class DocKind(str, Enum):
@@ -88,5 +88,8 @@ def write_doc(path: Path, content: str, etag: Optional[str] = None) -> Doc:
         if current.etag != etag:
             raise StaleEtag(f"{path.name} changed since it was loaded (etag {etag} is stale, "
                            f"now {current.etag}); reload it and apply your edit again")
-    write_atomic(path, content)
+    try:
+        write_atomic(path, content)  # all or nothing: a failed write leaves the doc as it was
+    except OSError as exc:  # an immutable doc, a directory in its place, a full disk
+        raise write_error(path, exc) from exc
     return Doc(content, etag_of(content))

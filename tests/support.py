@@ -156,13 +156,15 @@ def agent_and_child(pidfile: Path) -> list:
 @contextmanager
 def unwritable(path: Path) -> Iterator[Path]:
     """`path` (a file or a directory) that nothing, root included, may change: `chattr +i` for root
-    (which chmod does not stop), chmod for anyone else; as it was afterwards."""
+    (which chmod does not stop), else chmod, of the directory that holds a file too (a rename would
+    replace it); as it was afterwards."""
     if os.geteuid() == 0:
         subprocess.run(["chattr", "+i", str(path)], check=True, timeout=30)
         undo = ["chattr", "-i", str(path)]
     else:
-        mode = path.stat().st_mode
-        path.chmod(0o555 if path.is_dir() else 0o444)
+        held = path if path.is_dir() else path.parent
+        mode = held.stat().st_mode
+        held.chmod(0o555)
         undo = None
     try:
         yield path
@@ -170,4 +172,4 @@ def unwritable(path: Path) -> Iterator[Path]:
         if undo:
             subprocess.run(undo, check=True, timeout=30)
         else:
-            path.chmod(mode)
+            held.chmod(mode)

@@ -20,7 +20,7 @@ from car.runner import RepoRunner
 from car.web.router import json_response, route
 from car.web.server import make_server, serve_repo, start_in_thread
 
-from support import car_cmd, car_env, update_config, wait_until
+from support import car_cmd, car_env, unwritable, update_config, wait_until
 from web_fixtures import Client, SseReader, capture_logger, repo_server, serve_cmd, serve_process
 
 STATE_KEYS = {"status", "lock_status", "outstanding_todos", "done_todos", "running", "last_run_id",
@@ -98,6 +98,27 @@ def test_unknown_doc_kinds_and_traversal_are_404(served, repo: Path, path):
     reply = served.client.put(path, {"content": "pwned"})
     assert reply.status == 404 and reply.error_code == "not_found"
     assert (repo / ".codex-autorunner" / "config.yml").read_text() == config
+
+
+@pytest.mark.parametrize("blocker", ["immutable", "directory"])
+def test_put_doc_that_cannot_be_written_is_one_line_naming_it_and_changes_nothing(served, repo: Path, blocker):
+    """QA: an immutable TODO.md made PUT a generic 500 'internal server error' with a traceback in the log."""
+    todo = repo / ".codex-autorunner" / "TODO.md"
+    before = todo.read_text()
+    if blocker == "immutable":
+        with unwritable(todo):
+            reply = served.client.put("/api/docs/todo", {"content": "- [ ] lost\n"})
+    else:  # a directory where the doc goes: the new file cannot take its name
+        todo.unlink()
+        todo.mkdir()
+        reply = served.client.put("/api/docs/todo", {"content": "- [ ] lost\n"})
+    assert reply.status == 500 and reply.error_code == "error", reply.text  # car.files.write_error: a CarError
+    message = reply.json["error"]["message"]
+    assert message.startswith(f"{todo}: cannot write (") and "check the permissions" in message
+    assert "\n" not in message and "Traceback" not in reply.text
+    assert todo.read_text() == before if blocker == "immutable" else not any(todo.iterdir())
+    assert not [p.name for p in todo.parent.iterdir() if p.name.endswith(".tmp")]  # no half-written temp file
+    assert not any("Traceback" in line for line in served.log.handlers[0].lines)
 
 
 # control -------------------------------------------------------------------------------------

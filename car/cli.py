@@ -15,7 +15,7 @@ from car import __version__
 from car.cli_serve import add_serve_command, whole_number
 from car.cli_usage import add_usage_command
 from car.config import AnyConfig, HubConfig, RepoConfig, find_config, load_config
-from car.errors import CarError, ConfigError, Conflict, UsageError
+from car.errors import AgentError, CarError, ConfigError, Conflict, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.status import LockStatus, StopReason
 
@@ -314,8 +314,8 @@ def _agent_version(binary: str) -> Optional[str]:
     try:
         proc = subprocess.Popen([binary, "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
-    except OSError:
-        return None
+    except OSError as exc:  # it exists and is executable (resolve_binary), yet exec refuses it: so would a run
+        raise AgentError(_cannot_start(binary, exc)) from exc
     try:
         stdout, stderr = proc.communicate(timeout=VERSION_SECONDS)
     except subprocess.TimeoutExpired:
@@ -324,6 +324,24 @@ def _agent_version(binary: str) -> Optional[str]:
         return None
     lines = (stdout or stderr).strip().splitlines()
     return lines[0] if proc.returncode == 0 and lines else None
+
+
+def _cannot_start(binary: str, exc: OSError) -> str:
+    """Why exec refused an agent that exists, and the fix. ENOENT for an existing file means its #! line
+    names an interpreter that is not there: that line is quoted, as the OS names only the script."""
+    import errno
+
+    fix = f"check codex.binary in the repo's {CAR_DIR}/{CONFIG_NAME}"
+    try:
+        with open(binary, "rb") as f:
+            first = f.readline(200).rstrip().decode("utf-8", "replace")
+    except OSError:
+        first = ""
+    if exc.errno == errno.ENOENT and first.startswith("#!"):
+        fix = f"its first line `{first}` names an interpreter that is not there: fix that line, or {fix}"
+    elif exc.errno == errno.ENOEXEC:
+        fix = f"it is neither a program this system runs nor a script starting with #!; {fix}"
+    return f"cannot start agent {binary}: {exc.strerror}; {fix}"
 
 
 # parser ------------------------------------------------------------------------------

@@ -350,3 +350,37 @@ def test_stop_and_kill_from_another_process_cut_the_sleep_between_runs(repo: Pat
         if proc.poll() is None:
             proc.kill()
             finish(proc)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("#!/nonexistent/interp\necho hi\n", "No such file or directory"),
+    (bytes(range(256)) * 4, "Exec format error"),
+], ids=["bad shebang", "random bytes"])
+def test_doctor_fails_an_agent_that_cannot_be_started(repo: Path, monkeypatch: pytest.MonkeyPatch, capsys,
+                                                      content, problem: str) -> None:
+    """QA: doctor said `ok agent` for an executable that exec refuses; `car once` then failed."""
+    agent = repo / "agent"
+    agent.write_bytes(content.encode() if isinstance(content, str) else content)
+    agent.chmod(0o755)
+    update_config(repo, codex={"binary": str(agent), "args": []})
+    monkeypatch.chdir(repo)
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    line = next((x for x in out.splitlines() if f"agent {agent}" in x), out)
+    assert line.startswith(f"FAIL  cannot start agent {agent}: {problem}") and "codex.binary" in line, line
+    if isinstance(content, str):
+        assert "/nonexistent/interp" in line  # what to fix: the script's first line
+    assert "1 problem(s) found" in out and "ok    git repository" in out
+
+
+def test_doctor_keeps_an_agent_that_starts_but_prints_no_version(repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys) -> None:
+    agent = repo / "agent.sh"
+    agent.write_text("#!/bin/sh\nexit 1\n")
+    agent.chmod(0o755)
+    update_config(repo, codex={"binary": str(agent), "args": []})
+    monkeypatch.chdir(repo)
+    assert main(["doctor"]) == 0
+    assert f"ok    agent {agent}\n" in capsys.readouterr().out
+
+

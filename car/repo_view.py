@@ -47,6 +47,9 @@ def view_repo(config: RepoConfig, runner_active: bool = False, current_run_id: O
     facts = RepoFacts(exists=True, initialized=True, runner_active=runner_active,
                       lock=lock.status, last_state=state.status)
     running_elsewhere = not runner_active and state.status == "running" and lock.status.value == "locked_alive"
+    # the other process's loop is in a run (not between runs): its state.json says which and since when,
+    # as the hub reads it (hub_state.build_entry's in_run)
+    in_run_elsewhere = running_elsewhere and not state.last_run_finished_at
     return RepoView(
         status=derive_status(facts).value, lock_status=lock.status.value, lock_pid=lock.pid,
         running=runner_active or running_elsewhere, state_status=state.status,
@@ -54,7 +57,7 @@ def view_repo(config: RepoConfig, runner_active: bool = False, current_run_id: O
         last_run_started_at=state.last_run_started_at, last_run_finished_at=state.last_run_finished_at,
         runner_pid=state.runner_pid, stop_reason=state.stop_reason,
         outstanding_todos=todos.outstanding, done_todos=todos.done,
-        current_run_id=current_run_id if runner_active else
-        (state.last_run_id if running_elsewhere and not state.last_run_finished_at else None),
-        current_run_started_at=current_run_started_at if runner_active else None,
+        current_run_id=current_run_id if runner_active else state.last_run_id if in_run_elsewhere else None,
+        current_run_started_at=current_run_started_at if runner_active else
+        state.last_run_started_at if in_run_elsewhere else None,
     )

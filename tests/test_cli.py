@@ -384,3 +384,23 @@ def test_doctor_keeps_an_agent_that_starts_but_prints_no_version(repo: Path, mon
     assert f"ok    agent {agent}\n" in capsys.readouterr().out
 
 
+def test_status_json_of_a_run_in_another_process_says_when_it_started(repo: Path, tmp_path: Path) -> None:
+    """QA: `car status --json` gave current_run_id but current_run_started_at null while `car run` ran."""
+    pidfile = tmp_path / "pids"
+    proc = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
+    try:
+        agent_and_child(pidfile)
+        status = run_car("status", "--json", cwd=repo, timeout=30)
+        assert status.returncode == 0, status.stderr
+        data = json.loads(status.stdout)
+        assert data["running"] is True and data["current_run_id"] == 1
+        assert data["current_run_started_at"] is not None
+        assert data["current_run_started_at"] == data["last_run_started_at"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            finish(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

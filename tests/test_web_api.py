@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import stat
 import subprocess
@@ -20,7 +21,7 @@ from car.runner import RepoRunner
 from car.web.router import json_response, route
 from car.web.server import make_server, serve_repo, start_in_thread
 
-from support import car_cmd, car_env, unwritable, update_config, wait_until
+from support import car_cmd, car_env, read_pids, unwritable, update_config, wait_until
 from web_fixtures import Client, SseReader, capture_logger, repo_server, serve_cmd, serve_process
 
 STATE_KEYS = {"status", "lock_status", "outstanding_todos", "done_todos", "running", "last_run_id",
@@ -310,6 +311,27 @@ def test_log_stream_follows_a_loop_run_by_another_process(served, repo: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_state_of_a_run_in_another_process_says_when_it_started(served, repo: Path, tmp_path: Path):
+    """QA: current_run_id was set, current_run_started_at null, while another process's run went on."""
+    pidfile = tmp_path / "pids"
+    proc = subprocess.Popen(car_cmd("run"), cwd=repo, env=car_env(FAKE_AGENT_MODE="hang",
+                            FAKE_AGENT_PIDFILE=str(pidfile)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(read_pids(pidfile)) == 2, 20, "the other process's agent and its child")
+        state = served.client.get("/api/state").json
+        assert state["running"] is True and state["current_run_id"] == 1
+        assert state["current_run_started_at"] is not None
+        assert state["current_run_started_at"] == state["last_run_started_at"]
+    finally:
+        proc.send_signal(signal.SIGTERM)  # car run ends its agent's whole group
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
 
 # errors and guards ---------------------------------------------------------------------------

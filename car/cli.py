@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 from car import __version__
 from car.cli_serve import add_serve_command, whole_number
 from car.cli_usage import add_usage_command
-from car.config import AnyConfig, HubConfig, RepoConfig, find_config, load_config
+from car.config import AnyConfig, HubConfig, RepoConfig, RunnerConfig, find_config, load_config, says_hub_mode
 from car.errors import AgentError, CarError, ConfigError, Conflict, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.status import LockStatus, StopReason
@@ -22,7 +22,11 @@ from car.status import LockStatus, StopReason
 if TYPE_CHECKING:  # imported where used: only `log --follow` needs threads
     import threading
 
+    from car.lock import LockInfo
+
 VERSION_SECONDS = 5  # `codex --version` answers in ~50 ms; an agent that hangs on it must not hang doctor
+# how long `car stop` waits for a loop between runs to end (it looks for the stop file every 0.25 s)
+STOP_WAIT_SECONDS = 2.0
 NO_CONFIG = ("no {car}/{cfg} in {where} or any parent directory; run `car init` in the repo's root "
              "(or pass --repo PATH)")
 WRONG_MODE_REPO_CMD = ("`car {cmd}` is a repo command, but {path} is a hub config (mode: hub); "
@@ -43,22 +47,41 @@ def _load(path: Path) -> AnyConfig:
     return config
 
 
-def repo_config(args: argparse.Namespace) -> RepoConfig:
-    """The repo config from --repo or the nearest one upward; a hub config is a usage error."""
+def repo_config_path(args: argparse.Namespace) -> Path:
+    """The config.yml of the repo from --repo or the nearest one upward (not read yet)."""
     if args.repo is not None:
         path = Path(args.repo) / CAR_DIR / CONFIG_NAME
         if not path.is_file():
             raise ConfigError(f"no {CAR_DIR}/{CONFIG_NAME} in {Path(args.repo).resolve()}; "
                               f"run `car init --repo {args.repo}`")
-    else:
-        found = find_config(Path.cwd())
-        if found is None:
-            raise ConfigError(NO_CONFIG.format(car=CAR_DIR, cfg=CONFIG_NAME, where=Path.cwd()))
-        path = found
+        return path
+    found = find_config(Path.cwd())
+    if found is None:
+        raise ConfigError(NO_CONFIG.format(car=CAR_DIR, cfg=CONFIG_NAME, where=Path.cwd()))
+    return found
+
+
+def repo_config(args: argparse.Namespace, path: Optional[Path] = None) -> RepoConfig:
+    """The repo config at `path` (default: repo_config_path); a hub config is a usage error."""
+    path = path or repo_config_path(args)
     config = _load(path)
     if isinstance(config, HubConfig):
         raise UsageError(WRONG_MODE_REPO_CMD.format(cmd=args.command, path=path))
     return config
+
+
+def repo_config_or_defaults(args: argparse.Namespace, goes_on: str) -> RepoConfig:
+    """repo_config, or the defaults (warned about, with `goes_on`: what they give) where the file cannot be
+    read: stop and kill need only the root, and a config edited badly during a run must not leave them
+    unable to end it. A hub's root (its text says mode: hub) is no repo: there the error stands."""
+    path = repo_config_path(args)
+    try:
+        return repo_config(args, path)
+    except ConfigError as exc:
+        if says_hub_mode(path) is not False:
+            raise
+        _warn(f"{exc}; `car {args.command}` goes on {goes_on}")
+        return RepoConfig(root=path.resolve().parent.parent)
 
 
 # repo commands -------------------------------------------------------------------------
@@ -156,19 +179,42 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     from car.runner import stop_elsewhere
 
+    config = repo_config_or_defaults(args, "(it needs only the repo's root)")
     try:
-        info = stop_elsewhere(repo_config(args))
+        info = stop_elsewhere(config)
     except Conflict as exc:  # nothing running is not a failure: the wish is already true
         print(f"car: {exc}")
         return 0
-    print(f"car: stop requested; pid {info.pid} ends its loop after the current run")
+    print(f"car: {_stop_outcome(RepoLayout(config.root).lock, info)}")
     return 0
+
+
+def _stop_outcome(lock_path: Path, asked: LockInfo) -> str:
+    """What a stop did, as far as the lock shows it once the stop file is there. A run's marker is in
+    the lock from before its agent starts to after it ends: with it, the loop ends after that run. Without
+    it the loop is between runs and sees the stop file within engine.STOP_POLL_SECONDS; its end is waited
+    for, since one that read the file just before it was written may yet start a run (and mark the lock)."""
+    import time
+
+    from car.lock import inspect_lock
+
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while True:
+        now = inspect_lock(lock_path)
+        if now.status is not LockStatus.LOCKED_ALIVE or (now.pid, now.owner_token) != (asked.pid, asked.owner_token):
+            return f"stopped; the loop of pid {asked.pid} has ended"
+        if now.run_token or now.agent_pgid:
+            return f"stop requested; pid {asked.pid} ends its loop after the current run"
+        if time.monotonic() >= deadline:
+            return f"stop requested; pid {asked.pid} runs no agent now and ends its loop at its next check"
+        time.sleep(0.05)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
     from car.runner import kill_elsewhere, kill_orphan
 
-    config = repo_config(args)
+    grace = RunnerConfig.kill_grace_seconds
+    config = repo_config_or_defaults(args, f"with the default settings (runner.kill_grace_seconds: {grace:g})")
     orphan = kill_orphan(config)  # a loop killed -9 (or crashed) left its agent running
     if orphan is not None:
         print(f"car: {orphan.describe()}; `car resume` continues the loop")

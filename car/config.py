@@ -31,6 +31,8 @@ MAX_PORT = 65535
 # every string setting ends up in a path, an argv, a socket address or a git message, and the OS takes
 # none with a NUL in it (Python raises ValueError: embedded null byte, on every command)
 NO_NUL = "expected text without a NUL character (\\0)"
+# `mode: hub` as a config's text says it, for a file that YAML cannot read (or that fails a check)
+HUB_MODE_LINE = re.compile(r"^mode:[ \t]*['\"]?hub\b", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,14 @@ def read_config_text(path: Path) -> str:
                           f"{exc.start}); save the file as UTF-8") from None
 
 
+def says_hub_mode(path: Path) -> Optional[bool]:
+    """Whether a config file's text sets mode: hub, read without YAML or checks; None if unreadable."""
+    try:
+        return HUB_MODE_LINE.search(path.read_text(encoding="utf-8", errors="replace")) is not None
+    except OSError:
+        return None
+
+
 def _parse_yaml(path: Path) -> Tuple[Any, Any]:
     """The file's data and its YAML node tree (for line numbers; None for an untouched file)."""
     text = read_config_text(path)
@@ -238,7 +248,7 @@ def _parse_yaml(path: Path) -> Tuple[Any, Any]:
         if context and context_mark is not None:
             problem += f" ({context} started at line {context_mark.line + 1})"
         # `car init --force` would make a hub's root a repo: the mode is read from the text, as YAML failed
-        hub = re.search(r"^mode:[ \t]*['\"]?hub\b", text, re.MULTILINE) is not None
+        hub = HUB_MODE_LINE.search(text) is not None
         fix = ("fix the file, or move it away and run `car hub init` for a new one" if hub
                else "fix the file or run `car init --force`")
         raise ConfigError(f"{where}: invalid YAML: {problem}; {fix}") from exc

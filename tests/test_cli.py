@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -352,6 +353,94 @@ def test_stop_and_kill_from_another_process_cut_the_sleep_between_runs(repo: Pat
             finish(proc)
 
 
+BAD_CONFIGS = {
+    "a bad value": ("runner:\n  idle_timeout_seconds: 30m\n", "runner.idle_timeout_seconds: expected a number"),
+    "broken YAML": ("runner: [\n", "invalid YAML"),
+}
+
+
+def break_config(repo: Path, text: str) -> Path:
+    """The repo's config.yml made unreadable for car (a loop running with the good one goes on)."""
+    path = RepoLayout(repo).config
+    path.write_text("version: 2\nmode: repo\n" + text)
+    return path
+
+
+def config_warning(err: str, path: Path, problem: str, command: str) -> str:
+    """The one warning line `car stop` / `car kill` give for a config they cannot read."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"car: warning: {path}") and problem in lines[0], err
+    assert f"`car {command}` goes on" in lines[0] and "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("bad", BAD_CONFIGS)
+def test_kill_ends_a_running_loop_although_its_config_went_bad(repo: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    """QA: with a bad value (or broken YAML) edited into config.yml during a run, `car kill` exited 2
+    with the config error and the agent ran on; it needs only the lock, and the kill grace."""
+    pidfile = hang_agent(monkeypatch, tmp_path)
+    proc = start_car(repo, "run")
+    try:
+        pids = agent_and_child(pidfile)
+        text, problem = BAD_CONFIGS[bad]
+        path = break_config(repo, text)
+        killed = run_car("kill", cwd=repo)
+        assert killed.returncode == 0, killed.stdout + killed.stderr
+        line = config_warning(killed.stderr, path, problem, "kill")
+        assert "the default settings (runner.kill_grace_seconds: 10)" in line
+        assert "killed the current run" in killed.stdout
+        assert "loop ended: killed" in finish(proc)
+        assert wait_until(lambda: not any(pid_alive(p) for p in [proc.pid, *pids]), 10, "the loop and its agent")
+        status = run_car("status", cwd=repo)  # status stays strict: it is where the error is reported
+        assert status.returncode == 2 and problem in status.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+        for pid in read_pids(pidfile):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_ends_a_running_loop_after_its_run_although_its_config_went_bad(repo: Path, tmp_path: Path) -> None:
+    write_todo(repo, ["a", "b", "c", "d"])
+    pidfile = tmp_path / "pids"
+    proc = start_car(repo, "run", FAKE_AGENT_MODE="slow", FAKE_AGENT_SLEEP="0.3", FAKE_AGENT_LINES="5",
+                     FAKE_AGENT_PIDFILE=str(pidfile))
+    try:
+        wait_until(lambda: inspect_lock(RepoLayout(repo).lock).agent_pgid, 20, "the agent in the lock")
+        text, problem = BAD_CONFIGS["a bad value"]
+        path = break_config(repo, text)
+        stop = run_car("stop", cwd=repo)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        config_warning(stop.stderr, path, problem, "stop")
+        assert "ends its loop after the current run" in stop.stdout
+        assert "loop ended: stopped" in finish(proc)
+        state = json.loads(RepoLayout(repo).state.read_text())
+        assert state["last_run_id"] == 1 and state["last_exit_code"] == 0  # the run went to its end
+        agents = read_pids(pidfile)
+        assert len(agents) == 1 and not any(pid_alive(p) for p in [proc.pid, *agents])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+
+
+@pytest.mark.parametrize("command", ["stop", "kill"])
+def test_stop_and_kill_keep_off_a_hub_whose_config_is_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys, command: str) -> None:
+    """A hub's root is no repo: a config that says mode: hub is never stood in for by a repo's defaults."""
+    cfg = tmp_path / ".codex-autorunner" / "config.yml"
+    cfg.parent.mkdir()
+    cfg.write_text("version: 2\nmode: hub\nhub: [\n")
+    monkeypatch.chdir(tmp_path)
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid YAML" in err and "warning" not in err
+    assert not (cfg.parent / "stop").exists()
+
+
 @pytest.mark.parametrize("content, problem", [
     ("#!/nonexistent/interp\necho hi\n", "No such file or directory"),
     (bytes(range(256)) * 4, "Exec format error"),
@@ -382,6 +471,37 @@ def test_doctor_keeps_an_agent_that_starts_but_prints_no_version(repo: Path, mon
     monkeypatch.chdir(repo)
     assert main(["doctor"]) == 0
     assert f"ok    agent {agent}\n" in capsys.readouterr().out
+
+
+def test_stop_says_whether_a_run_is_going(repo: Path) -> None:
+    """QA: `car stop` while the loop slept between runs said it 'ends its loop after the current run'."""
+    write_todo(repo, ["a", "b", "c", "d"])
+    update_config(repo, runner={"sleep_seconds": 30})
+    state, lock = RepoLayout(repo).state, RepoLayout(repo).lock
+    proc = start_car(repo, "run")
+    try:
+        wait_until(lambda: json.loads(state.read_text()).get("last_run_finished_at"), 20, "run 1 to end")
+        wait_until(lambda: not inspect_lock(lock).run_token, 10, "the loop to sleep between runs")
+        stop = run_car("stop", cwd=repo)
+        assert stop.returncode == 0 and stop.stdout == f"car: stopped; the loop of pid {proc.pid} has ended\n", \
+            stop.stdout + stop.stderr
+        assert not lock.exists() and "loop ended: stopped" in finish(proc, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
+
+    proc = start_car(repo, "run", FAKE_AGENT_MODE="slow", FAKE_AGENT_SLEEP="0.3", FAKE_AGENT_LINES="3")
+    try:
+        wait_until(lambda: inspect_lock(lock).agent_pgid, 20, "the agent in the lock")
+        stop = run_car("stop", cwd=repo)
+        assert stop.stdout == f"car: stop requested; pid {proc.pid} ends its loop after the current run\n"
+        assert "loop ended: stopped" in finish(proc)
+        assert json.loads(state.read_text())["last_run_id"] == 2  # the run went on to its end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            finish(proc)
 
 
 def test_status_json_of_a_run_in_another_process_says_when_it_started(repo: Path, tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ class LogFile:
 
     def __init__(self, path: Path, backup_count: int, max_bytes: int = 0) -> None:
         """max_bytes=0: rolls over only when told (run logs roll over between runs);
-        > 0: before a line would take the file past it."""
+        > 0: before a line would take the file past it. backup_count=0: never rolls over, as logging's
+        RotatingFileHandler (DESIGN.md §4): with no backup to keep them, the lines would be deleted."""
         self.path, self.backup_count, self.max_bytes = path, backup_count, max_bytes
         self._lock = threading.Lock()
         self._lost = 0
@@ -42,7 +43,7 @@ class LogFile:
             try:
                 if self._fd is None:
                     self._fd = self._open()
-                if self.max_bytes:
+                if self.max_bytes and self.backup_count > 0:
                     size = os.fstat(self._fd).st_size
                     if size and size + len(data) > self.max_bytes:
                         self._rotate()
@@ -62,8 +63,10 @@ class LogFile:
             return 0
 
     def rollover(self) -> None:
-        """x.log becomes x.log.1 (the older backups move up one, the oldest goes); with no backups
-        kept, x.log starts again empty. Readers following the file see a new inode either way."""
+        """x.log becomes x.log.1 (the older backups move up one, the oldest goes); readers following
+        the file see a new inode. With no backups kept, nothing happens."""
+        if self.backup_count <= 0:
+            return
         with self._lock:
             try:
                 self._rotate()
@@ -73,9 +76,6 @@ class LogFile:
 
     def _rotate(self) -> None:
         self._close()
-        if self.backup_count <= 0:
-            self.path.unlink(missing_ok=True)
-            return
         for i in range(self.backup_count - 1, 0, -1):
             older = Path(f"{self.path}.{i}")
             if older.exists():

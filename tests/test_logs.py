@@ -182,11 +182,17 @@ def test_a_run_whose_log_fills_the_disk_ends_cleanly_with_one_line(tmp_path: Pat
 
 
 @pytest.mark.parametrize("backups", [0, 2])
-def test_rollover_keeps_backup_count_files_and_zero_means_start_afresh(tmp_path: Path, backups: int) -> None:
+def test_rollover_keeps_backup_count_files_and_zero_means_never(tmp_path: Path, backups: int) -> None:
     path = tmp_path / "x.log"
     log = LogFile(path, backup_count=backups, max_bytes=100)
     for i in range(40):  # 40 lines of 11 bytes: the file passes 100 bytes four times
         log.write(f"line {i:5d}")
+    if not backups:  # RotatingFileHandler's rule (DESIGN.md 4): no backups, no rollover; QA: lines were lost
+        log.rollover()  # as the run log is told between runs
+        log.close()
+        assert [p.name for p in tmp_path.iterdir()] == ["x.log"]
+        assert path.read_text().split() == [w for i in range(40) for w in ("line", str(i))]
+        return
     log.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.log"] + [f"x.log.{i}" for i in range(1, backups + 1)]
     assert path.stat().st_size <= 100

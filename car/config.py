@@ -23,7 +23,8 @@ DEFAULT_CODEX_ARGS = ["exec", "--dangerously-bypass-approvals-and-sandbox", "--j
 # a config changed this recently may change again within the same timestamp tick, unseen by its
 # stat: its parse is not cached
 RACY_NS = 1_000_000_000
-# a field's metadata "max" is the largest value the checker accepts (numbers are >= 0 anyway).
+# a field's metadata "max" is the largest value the checker accepts (numbers are >= 0 anyway); "only"
+# is (the one value it accepts, why).
 # MAX_SECONDS: far above any sane wait, far below what Event.wait() and the clock arithmetic accept
 # (1e10 overflows them after the first run)
 MAX_SECONDS = 366 * 24 * 3600
@@ -90,7 +91,8 @@ class LogConfig:
 class HubSection:
     repos_root: str = "."
     manifest: str = f"{CAR_DIR}/manifest.yml"
-    discover_depth: int = 1
+    # the spec fixes it at 1; another value, taken and ignored, would leave a user looking for repos
+    discover_depth: int = field(default=1, metadata={"only": (1, "car finds repos one level below repos_root")})
     auto_init_missing: bool = True
     log: LogConfig = field(default_factory=lambda: LogConfig(path=f"{CAR_DIR}/codex-autorunner-hub.log"))
 
@@ -318,11 +320,11 @@ class _Checker:
                 factory = fields[name].default_factory
                 default = factory() if factory is not dataclasses.MISSING else None  # type: ignore[misc]
                 out[name] = self.convert(hints[name], data[name], [*keys, name], default,
-                                         fields[name].metadata.get("max"))
+                                         fields[name].metadata.get("max"), fields[name].metadata.get("only"))
         return out
 
     def convert(self, hint: Any, value: Any, keys: list[str], default: Any = None,
-                most: Optional[int] = None) -> Any:
+                most: Optional[int] = None, only: Optional[Tuple[int, str]] = None) -> Any:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if origin is Union:
             if value is None and type(None) in args:
@@ -347,6 +349,8 @@ class _Checker:
         if hint is int:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise self.error(keys, "expected a whole number >= 0", value)
+            if only is not None and value != only[0]:
+                raise self.error(keys, f"expected {only[0]} ({only[1]})", value)
             if most is not None and value > most:
                 raise self.error(keys, f"expected a whole number from 0 to {most}", value)
             return value

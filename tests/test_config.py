@@ -70,6 +70,9 @@ def test_hub_config_is_a_distinct_type_with_the_spec_keys(tmp_path: Path) -> Non
     ("- a list\n", r"expected a mapping of settings"),
     ("version: 2\nrunner: 5\n", r":2: runner: expected a mapping"),
     ("version: 2\nlog:\n  backup_count: -1\n", r"log.backup_count: expected a whole number >= 0, got -1"),
+    # QA: taken, and ignored: no repo two levels down was found, and nothing said why
+    ("version: 2\nmode: hub\nhub:\n  discover_depth: 2\n",
+     r"config.yml:4: hub.discover_depth: expected 1 \(car finds repos one level below repos_root\), got 2$"),
 ])
 def test_errors_name_file_line_key_and_expectation(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)

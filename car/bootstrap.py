@@ -15,6 +15,7 @@ from car.config import (
     load_config,
     parse_config,
     read_config_text,
+    says_hub_mode,
 )
 from car.docs import DocKind
 from car.errors import ConfigError, InitError, UsageError
@@ -87,6 +88,11 @@ def _write_config(layout: RepoLayout, force: bool, report: InitReport) -> None:
     except yaml.YAMLError:
         if not force:
             load_config(path)  # raises the ConfigError with the line
+        if says_hub_mode(path) or HubLayout(layout.root).hub_state.exists():
+            # rewritten with a repo's defaults, the hub's root would become a repo (QA)
+            raise UsageError(f"{path} is a hub's config (mode: hub, or hub_state.json beside it) that YAML cannot "
+                             f"read; `car init --force` would make this hub root a repo: fix the file, or move "
+                             f"it away and run `car hub init`") from None
         backup = path.with_name(path.name + ".bak")
         write_atomic(backup, text)
         write_atomic(path, default_text("repo"))

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from car.bootstrap import init_repo
+from car.bootstrap import init_hub, init_repo
 from car.config import load_config
-from car.errors import ConfigError, InitError
-from car.layout import RepoLayout
+from car.errors import ConfigError, InitError, UsageError
+from car.layout import HubLayout, RepoLayout
 from car.prompt import DEFAULT_TEMPLATE
 
 from support import make_git_repo
@@ -75,6 +75,23 @@ def test_broken_config_is_an_error_without_force_and_saved_with_it(tmp_path: Pat
     init_repo(root, force=True)
     assert (root / ".codex-autorunner" / "config.yml.bak").read_text() == "runner: [\n"
     load_config(cfg)
+
+
+@pytest.mark.parametrize("broken", ["version: 2\nmode: hub\nhub: [\n", "hub: [\n"],
+                         ids=["says hub", "beside hub state"])
+def test_force_never_makes_a_hub_whose_config_is_broken_a_repo(tmp_path: Path, broken: str) -> None:
+    """QA: `car init --force` at a hub root with broken YAML wrote a repo's config, docs and state
+    there; the hub was gone (hub serve: "a repo config"), and `car hub init` refused."""
+    root = tmp_path / "hub"
+    init_hub(root)
+    HubLayout(root).hub_state.write_text("{}")
+    cfg = HubLayout(root).config
+    cfg.write_text(broken)
+    before = sorted(p.name for p in cfg.parent.iterdir())
+    with pytest.raises(UsageError, match=r"is a hub's config .* `car init --force` would make this hub root a "
+                                         r"repo: fix the file, or move it away and run `car hub init`$"):
+        init_repo(root, force=True)
+    assert cfg.read_text() == broken and sorted(p.name for p in cfg.parent.iterdir()) == before
 
 
 def test_git_init_flag(tmp_path: Path) -> None:

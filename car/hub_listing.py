@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from car.errors import NotFound
 from car.hub_cache import HubCache, Memo
 from car.hub_state import RepoEntry, build_entry, entries_from_rows, entry_row
-from car.manifest import Manifest, ManifestEntry
+from car.manifest import Manifest, ManifestEntry, escaping
 from car.probe import NOT_INITIALIZED, RepoFiles, RepoProbe, stamp_repos
 from car.status import LockStatus, RepoStatus, RunStatus
 
@@ -153,6 +153,10 @@ class RepoListing:
         """The slot's current entry; rebuilt only when one of the facts it comes from changed."""
         active, runner_error = self._runner_facts(slot.id)
         gone = self.escapes.get(slot.id)
+        if gone is None and os.path.islink(slot.root_str):  # a link made since the scan: read nothing through
+            gone = escaping([slot.entry], self.hub_root).get(slot.id)  # it if it leaves the hub (QA)
+            if gone is not None:
+                self.escapes[slot.id] = gone
         files = NOT_INITIALIZED if gone else slot.probe.read()  # nothing is read through a link out of the hub
         exists = not gone and (files.initialized or os.path.isdir(slot.root_str))
         if not exists:

@@ -181,6 +181,8 @@ def test_a_repo_turned_into_a_symlink_out_of_the_hub_is_missing_and_never_follow
             hub.run("beta")
         shutil.move(str(root / "alpha"), str(outside / "alpha"))  # the same, made while the hub serves
         (root / "alpha").symlink_to(outside / "alpha")
+        entry = hub.repo("alpha")  # QA: listed by what it read out there until a scan (idle, or uninitialized)
+        assert entry.status == "missing" and "symlink that leaves the hub root" in entry.error
         with pytest.raises(Conflict, match="symlink that leaves the hub root"):
             hub.run("alpha")
         assert hub.repo("alpha").status == "missing"

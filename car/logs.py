@@ -194,11 +194,17 @@ def record_run(runs: Path, state: RepoState, end_reason: Optional[str], usage: O
 def log_tail(path: Path, backup_count: int, n: int) -> List[str]:
     """The last `n` lines of a log, from its backups too: the log rolls over right after a run's end,
     which leaves the current file empty until the next run starts."""
-    lines: List[str] = []
-    for file in reversed(log_files(path, backup_count)):  # newest first, each read from its end
-        lines[:0] = tail(file, n - len(lines))
+    return _after_backups(path, backup_count, tail(path, n), n)
+
+
+def _after_backups(path: Path, backup_count: int, lines: List[str], n: int) -> List[str]:
+    """`lines` (the end of the current file) with, before them, as many of the backups' last lines as
+    make `n`."""
+    for backup in reversed(log_files(path, backup_count)):  # newest first, each read from its end
         if len(lines) >= n:
             break
+        if backup != path:
+            lines[:0] = tail(backup, n - len(lines))
     return lines
 
 
@@ -260,13 +266,7 @@ class FileCursor:
     def tail(self, n: int, backup_count: int = 0) -> List[str]:
         """The last `n` complete lines before the marked position; when the file holds fewer (it
         rolls over right after a run's end), the backups' last lines come first."""
-        lines = self._tail_of_file(n)
-        for backup in reversed(log_files(self.path, backup_count)):  # newest first
-            if len(lines) >= n:
-                break
-            if backup != self.path:
-                lines[:0] = tail(backup, n - len(lines))
-        return lines
+        return _after_backups(self.path, backup_count, self._tail_of_file(n), n)
 
     def _tail_of_file(self, n: int) -> List[str]:
         if n <= 0 or not self._pos:

@@ -298,7 +298,7 @@ class HubSupervisor:
             runner = self._runners.get(repo_id)
             if runner is not None and runner.active:
                 return runner
-            self._check_inside(slot)
+            self._listing.judge_escape(slot)  # right before car works in it
             entry = self._listing.entry(slot)
             if entry.status is _MISSING and entry.error:
                 raise Conflict(f"{repo_id}: {entry.error}")
@@ -344,7 +344,7 @@ class HubSupervisor:
             slot = self._listing.slot(repo_id)
             if self._runner_facts(repo_id)[0]:
                 raise Conflict(f"{repo_id} is running; stop it before init")
-            gone = self._check_inside(slot)
+            gone = self._listing.judge_escape(slot)  # right before car works in it
         if gone:
             raise Conflict(f"{repo_id}: {gone}")
         if not slot.root.is_dir():
@@ -354,16 +354,6 @@ class HubSupervisor:
         if error:
             raise InitError(NOT_RUNNABLE[RepoStatus.INIT_ERROR].format(id=repo_id, error=error))
         return self.repo(repo_id)
-
-    def _check_inside(self, slot: RepoSlot) -> Optional[str]:
-        """Look again, right before car works in it, whether the repo's path leaves the hub through a
-        symlink (made since the last scan): the list then says so, and why is returned."""
-        gone = escaping([slot.entry], self.config.root).get(slot.id)
-        if gone is not None:
-            self._listing.escapes[slot.id] = gone
-        else:
-            self._listing.escapes.pop(slot.id, None)
-        return gone
 
     def _check_open(self) -> None:
         if self._closed:

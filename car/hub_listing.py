@@ -154,9 +154,7 @@ class RepoListing:
         active, runner_error = self._runner_facts(slot.id)
         gone = self.escapes.get(slot.id)
         if gone is None and os.path.islink(slot.root_str):  # a link made since the scan: read nothing through
-            gone = escaping([slot.entry], self.hub_root).get(slot.id)  # it if it leaves the hub (QA)
-            if gone is not None:
-                self.escapes[slot.id] = gone
+            gone = self.judge_escape(slot)  # it if it leaves the hub (QA)
         files = NOT_INITIALIZED if gone else slot.probe.read()  # nothing is read through a link out of the hub
         exists = not gone and (files.initialized or os.path.isdir(slot.root_str))
         if not exists:
@@ -170,6 +168,16 @@ class RepoListing:
                 slot.entry, exists, files, initializing=slot.initializing, init_error=slot.init_error,
                 runner_active=active, runner_error=runner_error, gone=gone)
         return slot.cached
+
+    def judge_escape(self, slot: RepoSlot) -> Optional[str]:
+        """Look again whether the slot's path leaves the hub through a symlink (made since the last
+        scan), and keep the answer for its entry: why it does, or None."""
+        gone = escaping([slot.entry], self.hub_root).get(slot.id)
+        if gone is not None:
+            self.escapes[slot.id] = gone
+        else:
+            self.escapes.pop(slot.id, None)
+        return gone
 
     def entries(self) -> List[RepoEntry]:
         return [self.entry(slot) for slot in self.slots.values()]

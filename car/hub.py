@@ -374,14 +374,15 @@ class HubSupervisor:
         """A loop another process ran died (kill -9, a crash) while this hub serves: end what it left
         running and close its run, as a scan or `car status` would (DESIGN.md §3). Else the list shows
         a run under way that nobody watches, and its agent goes on working. On the executor: ending an
-        orphan may take the kill grace, and the worker publishes every repo's changes."""
+        orphan may take the kill grace, and the worker publishes every repo's changes. _reconcile judges
+        whether there is a run to close."""
         for entry in entries:
             if entry.status is not RepoStatus.LOCKED or entry.lock_status is not LockStatus.LOCKED_STALE:
                 continue
             with self._guard:
                 slot = self._listing.slots.get(entry.id)
-                if slot is None or slot.files.run_status != _RUNNING or entry.id in self._closing:
-                    continue
+            if slot is None:
+                continue
             try:
                 self._executor.submit(self._close_crashed_run, slot)
             except RuntimeError:  # shutting down: the next start closes it

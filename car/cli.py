@@ -15,7 +15,7 @@ from car import __version__
 from car.cli_serve import add_serve_command, whole_number
 from car.cli_usage import add_usage_command
 from car.config import AnyConfig, HubConfig, RepoConfig, RunnerConfig, find_config, load_config, says_hub_mode
-from car.errors import AgentError, CarError, ConfigError, Conflict, UsageError
+from car.errors import CarError, ConfigError, Conflict, UsageError
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.status import LockStatus, StopReason
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # imported where used: only `log --follow` needs threads
 
     from car.lock import LockInfo
 
-VERSION_SECONDS = 5  # `codex --version` answers in ~50 ms; an agent that hangs on it must not hang doctor
 # how long `car stop` waits for a loop between runs to end (it looks for the stop file every 0.25 s)
 STOP_WAIT_SECONDS = 2.0
 NO_CONFIG = ("no {car}/{cfg} in {where} or any parent directory; run `car init` in the repo's root "
@@ -308,86 +307,9 @@ def _watch_reader(stop: threading.Event, poll_ms: int = 250) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from car.agent import resolve_binary
-    from car.bootstrap import describe_git
-    from car.docs import DocKind, parse_todos
-    from car.files import read_text
-    from car.lock import inspect_lock
+    from car.cli_doctor import doctor  # only here: it starts the agent, which no other command does
 
-    config = repo_config(args)
-    problems: List[str] = []
-
-    def check(ok: bool, good: str, bad: str) -> None:
-        print(("ok    " if ok else "FAIL  ") + (good if ok else bad))
-        if not ok:
-            problems.append(bad)
-
-    print(f"ok    config {RepoLayout(config.root).config} (version 2, mode repo)")
-    for warning in config.warnings:
-        print(f"warn  {warning}")
-    for kind in DocKind:
-        path = config.doc_path(kind.value)
-        bad = (f"doc {kind.value}: {path} is not a file (a directory?); move it away and run `car init`"
-               if path.exists() else f"doc {kind.value} missing: {path} (run `car init` to create it, or fix "
-               f"docs.{kind.value})")
-        check(path.is_file(), f"doc {kind.value}: {path}", bad)
-    if config.doc_path("todo").is_file():
-        todos = parse_todos(read_text(config.doc_path("todo")))
-        print(f"info  TODO: {todos.done} done, {todos.outstanding} outstanding")
-    try:
-        binary = resolve_binary(config.codex.binary, config.root)
-        version = _agent_version(binary)
-        check(True, f"agent {binary}" + (f" ({version})" if version else ""), "")
-    except CarError as exc:
-        check(False, "", str(exc))
-    check(describe_git(config.root) is None, "git repository", describe_git(config.root) or "")
-    lock = inspect_lock(RepoLayout(config.root).lock)
-    check(lock.status is not LockStatus.LOCKED_STALE, f"lock: {lock.status.value}",
-          "stale lock (owner gone): run `car resume` to clear it")
-    print("all checks passed" if not problems else f"{len(problems)} problem(s) found")
-    return 0 if not problems else 1
-
-
-def _agent_version(binary: str) -> Optional[str]:
-    """`binary --version`'s first line, or None; an agent that does not answer within
-    VERSION_SECONDS is ended with everything it started (its own session: a child holding the
-    pipe would otherwise keep doctor waiting for ever)."""
-    import signal
-    import subprocess
-
-    from car.agent import signal_group
-
-    try:
-        proc = subprocess.Popen([binary, "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
-    except OSError as exc:  # it exists and is executable (resolve_binary), yet exec refuses it: so would a run
-        raise AgentError(_cannot_start(binary, exc)) from exc
-    try:
-        stdout, stderr = proc.communicate(timeout=VERSION_SECONDS)
-    except subprocess.TimeoutExpired:
-        signal_group(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return None
-    lines = (stdout or stderr).strip().splitlines()
-    return lines[0] if proc.returncode == 0 and lines else None
-
-
-def _cannot_start(binary: str, exc: OSError) -> str:
-    """Why exec refused an agent that exists, and the fix. ENOENT for an existing file means its #! line
-    names an interpreter that is not there: that line is quoted, as the OS names only the script."""
-    import errno
-
-    fix = f"check codex.binary in the repo's {CAR_DIR}/{CONFIG_NAME}"
-    try:
-        with open(binary, "rb") as f:
-            first = f.readline(200).rstrip().decode("utf-8", "replace")
-    except OSError:
-        first = ""
-    if exc.errno == errno.ENOENT and first.startswith("#!"):
-        fix = f"its first line `{first}` names an interpreter that is not there: fix that line, or {fix}"
-    elif exc.errno == errno.ENOEXEC:
-        fix = f"it is neither a program this system runs nor a script starting with #!; {fix}"
-    return f"cannot start agent {binary}: {exc.strerror}; {fix}"
+    return doctor(repo_config(args))
 
 
 # parser ------------------------------------------------------------------------------

@@ -122,4 +122,3 @@ def reconcile(config: RepoConfig, *,
             record_run(layout.runs, state, StopReason.INTERRUPTED.value)
     save_state(layout.state, state)
     return True
-

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from car import __version__
 from car.cli_serve import add_serve_command, whole_number
@@ -69,18 +69,18 @@ def repo_config(args: argparse.Namespace, path: Optional[Path] = None) -> RepoCo
     return config
 
 
-def repo_config_or_defaults(args: argparse.Namespace, goes_on: str) -> RepoConfig:
-    """repo_config, or the defaults (warned about, with `goes_on`: what they give) where the file cannot be
-    read: stop and kill need only the root, and a config edited badly during a run must not leave them
-    unable to end it. A hub's root (its text says mode: hub) is no repo: there the error stands."""
+def repo_config_or_defaults(args: argparse.Namespace, goes_on: str) -> Tuple[RepoConfig, bool]:
+    """repo_config and False, or the defaults (warned about, with `goes_on`: what they give) and True where
+    the file cannot be read: stop and kill need only the root, and a config edited badly during a run must
+    not leave them unable to end it. A hub's root (its text says mode: hub) is no repo: there the error stands."""
     path = repo_config_path(args)
     try:
-        return repo_config(args, path)
+        return repo_config(args, path), False
     except ConfigError as exc:
         if says_hub_mode(path) is not False:
             raise
         _warn(f"{exc}; `car {args.command}` goes on {goes_on}")
-        return RepoConfig(root=path.resolve().parent.parent)
+        return RepoConfig(root=path.resolve().parent.parent), True
 
 
 # repo commands -------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     from car.runner import stop_elsewhere
 
-    config = repo_config_or_defaults(args, "(it needs only the repo's root)")
+    config, _ = repo_config_or_defaults(args, "(it needs only the repo's root)")
     try:
         info = stop_elsewhere(config)
     except Conflict as exc:  # nothing running is not a failure: the wish is already true
@@ -210,14 +210,22 @@ def _stop_outcome(lock_path: Path, asked: LockInfo) -> str:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    from car.recovery import end_orphaned_run
     from car.runner import kill_elsewhere, kill_orphan
 
     grace = RunnerConfig.kill_grace_seconds
-    config = repo_config_or_defaults(args, f"with the default settings (runner.kill_grace_seconds: {grace:g})")
-    orphan = kill_orphan(config)  # a loop killed -9 (or crashed) left its agent running
-    if orphan is not None:
-        print(f"car: {orphan.describe()}; `car resume` continues the loop")
-        return 0
+    config, guessed = repo_config_or_defaults(args, f"with the default settings (runner.kill_grace_seconds: {grace:g})")
+    if guessed:  # the run log may be elsewhere (log.path): its run is closed where it is, once the file reads
+        orphan = end_orphaned_run(config)
+        if orphan is not None:
+            print(f"car: {orphan.describe()}; once {CAR_DIR}/{CONFIG_NAME} reads again, `car status` closes "
+                  "that run in its log and history")
+            return 0
+    else:
+        orphan = kill_orphan(config)  # a loop killed -9 (or crashed) left its agent running
+        if orphan is not None:
+            print(f"car: {orphan.describe()}; `car resume` continues the loop")
+            return 0
     try:
         info = kill_elsewhere(config)
     except Conflict as exc:

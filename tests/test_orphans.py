@@ -133,6 +133,43 @@ def test_kill_ends_the_orphaned_agent_and_its_child(repo: Path, orphaned) -> Non
     assert (again.returncode, again.stdout) == (0, f"car: no loop is running in {repo}; nothing to kill\n")
 
 
+def test_kill_with_a_broken_config_ends_the_orphan_and_leaves_closing_its_run_to_the_real_log(
+        repo: Path, tmp_path: Path) -> None:
+    """Review: with config.yml broken, `car kill` stood in the defaults and closed a dead loop's run in
+    the default log, though the run's own log is log.path's; now it ends the orphan, and the run is
+    closed in its own log once the config reads again."""
+    update_config(repo, log={"path": ".codex-autorunner/own.log"})
+    pidfile, layout = tmp_path / "pids", RepoLayout(repo)
+    default_log = repo / ".codex-autorunner" / "codex-autorunner.log"  # made by `car init`, empty
+    car = start_car(repo, "run", FAKE_AGENT_MODE="hang", FAKE_AGENT_PIDFILE=str(pidfile))
+    with ended_at_exit(car, pidfile):
+        pids, info = wait_for_agent(repo, pidfile)
+        car.kill()
+        car.communicate(timeout=30)
+        good = layout.config.read_text()
+        layout.config.write_text("version: 2\nmode: repo\nrunner: [\n")
+        killed = run_car("kill", cwd=repo)
+        assert killed.returncode == 0, killed.stderr
+        assert killed.stdout.splitlines() == [
+            f"car: the loop's owner (pid {info.pid}) died and left its run going; ended 2 process(es) of that "
+            f"run (agent group {pids[0]}); once .codex-autorunner/config.yml reads again, `car status` closes "
+            "that run in its log and history"]
+        assert "invalid YAML" in killed.stderr and "goes on with the default settings" in killed.stderr
+        assert not any(pid_alive(p) for p in pids)
+        assert default_log.read_text() == ""
+        own_log = repo / ".codex-autorunner" / "own.log"
+        assert "=== run 1 end" not in own_log.read_text()
+        assert load_state(layout.state).status == "running"  # left for the command that can find the log
+        layout.config.write_text(good)
+        status = run_car("status", cwd=repo)
+        assert status.returncode == 0, status.stderr
+        assert own_log.read_text().rstrip().endswith("=== run 1 end (interrupted) ===")
+        assert default_log.read_text() == ""
+        state = load_state(layout.state)
+        assert (state.status, state.stop_reason) == ("error", "interrupted")
+        assert [r["id"] for r in map(json.loads, layout.runs.read_text().splitlines())] == [1]
+
+
 def test_resume_ends_the_orphan_before_it_starts_a_new_agent(repo: Path, orphaned, tmp_path: Path) -> None:
     pids, info = orphaned
     out, probe_env = use_probe_agent(repo, tmp_path, pids)

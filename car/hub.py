@@ -58,8 +58,10 @@ class HubSupervisor:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="car-repo")
         self._guard = threading.RLock()  # listing and runners; a scan holds _scan_lock first
         self._scan_lock = threading.Lock()
+        # by the directory each runs in (as its manifest path names it), not by id: the manifest may point
+        # an id at another directory while a loop runs, and each row must show the loop in the one it names
         self._runners: Dict[str, RepoRunner] = {}
-        self._closing: Set[str] = set()  # repos whose crashed run is being closed (_reconcile)
+        self._closing: Set[str] = set()  # directories whose crashed run is being closed (_reconcile)
         self._listing = RepoListing(config.root, self._runner_facts)
         self._worker = HubWorker(self._publish, self._repo_ids, self._flush, self.log,
                                  poll_seconds=poll_seconds, flush_seconds=flush_seconds)
@@ -112,7 +114,7 @@ class HubSupervisor:
         self._worker.stop()
         try:
             if self._locked and self._loaded:
-                self._publish({repo_id for repo_id, _ in runners})  # their final state
+                self._publish(set(self._listing.ids_at(d for d, _ in runners)))  # their final state
                 self._flush()
         finally:  # a flush that failed (a full disk) still lets the next hub start
             if self._locked:
@@ -207,9 +209,9 @@ class HubSupervisor:
         files = slot.files
         with self._guard:
             if (files.run_status != _RUNNING or files.lock_status is LockStatus.LOCKED_ALIVE
-                    or self._runner_facts(slot.id)[0] or slot.id in self._closing):
+                    or self._runner_facts(slot.entry.path)[0] or slot.entry.path in self._closing):
                 return False
-            self._closing.add(slot.id)  # one closing at a time: a scan's and a poll's would both end it
+            self._closing.add(slot.entry.path)  # one closing at a time: a scan's and a poll's would both end it
         try:
             config = load_config(RepoLayout(slot.root).config)
             note = partial(self._note_orphan, slot.id)
@@ -220,7 +222,7 @@ class HubSupervisor:
             self.log.warning("%s: cannot close its interrupted run: %s", slot.id, exc)
         finally:
             with self._guard:
-                self._closing.discard(slot.id)
+                self._closing.discard(slot.entry.path)
         return False
 
     def _note_orphan(self, repo_id: str, orphan: OrphanedRun) -> None:
@@ -281,21 +283,27 @@ class HubSupervisor:
         """For the worker's poll: the manifest's ids (an immutable list: no lock needed)."""
         return [e.id for e in self._listing.manifest.repos]
 
-    def _runner_facts(self, repo_id: str) -> Tuple[bool, Optional[str]]:
-        runner = self._runners.get(repo_id)
+    def _runner_facts(self, path: str) -> Tuple[bool, Optional[str]]:
+        runner = self._runners.get(path)
         return (runner.active, runner.last_error) if runner is not None else (False, None)
+
+    def _touch_path(self, path: str) -> None:
+        """A runner's loop changed its repo: re-read the row that names its directory now (not the id
+        it was started through: the manifest may have moved that id elsewhere)."""
+        for repo_id in self._listing.ids_at((path,)):
+            self._worker.touch(repo_id)
 
     # per-repo controls -------------------------------------------------------------------
     def runner(self, repo_id: str, starting: bool = False) -> RepoRunner:
-        """The repo's one RepoRunner (made on first use); Conflict if the repo cannot run, or if it is
-        `starting` a loop (run, resume) and the manifest disables it."""
+        """The one RepoRunner of the directory the id names now (made on first use); Conflict if the repo
+        cannot run, or if it is `starting` a loop (run, resume) and the manifest disables it."""
         with self._guard:
             self._check_open()
             slot = self._listing.slot(repo_id)
             if starting and not slot.entry.enabled:
                 raise Conflict(f"{repo_id} is disabled (enabled: false in {self.config.manifest_path}); "
                                f"set it to true to run it")
-            runner = self._runners.get(repo_id)
+            runner = self._runners.get(slot.entry.path)
             if runner is not None and runner.active:
                 return runner
             self._listing.judge_escape(slot)  # right before car works in it
@@ -310,10 +318,11 @@ class HubSupervisor:
             config = load_config(RepoLayout(slot.root).config)
             if not isinstance(config, RepoConfig):
                 raise Conflict(f"{repo_id}: {slot.root} holds a hub config, not a repo's")
-            if runner is not None:  # the manifest now points the id elsewhere
+            if runner is not None:  # the path now leads elsewhere (a symlink changed)
                 runner.close()
-            runner = RepoRunner(config, self._executor, on_change=partial(self._worker.touch, repo_id), errors=self.log)
-            self._runners[repo_id] = runner
+            runner = RepoRunner(config, self._executor, on_change=partial(self._touch_path, slot.entry.path),
+                                errors=self.log)
+            self._runners[slot.entry.path] = runner
             return runner
 
     def run(self, repo_id: str, once: bool = False) -> RepoEntry:
@@ -342,7 +351,7 @@ class HubSupervisor:
         with self._guard:
             self._check_open()
             slot = self._listing.slot(repo_id)
-            if self._runner_facts(repo_id)[0]:
+            if self._runner_facts(slot.entry.path)[0]:
                 raise Conflict(f"{repo_id} is running; stop it before init")
             gone = self._listing.judge_escape(slot)  # right before car works in it
         if gone:
@@ -397,7 +406,7 @@ class HubSupervisor:
         wherever the directory went, with nobody watching, and `kill` could not reach it any more."""
         for entry in entries:
             with self._guard:
-                runner = self._runners.get(entry.id) if entry.status is _MISSING else None
+                runner = self._runners.get(entry.path) if entry.status is _MISSING else None
             if runner is not None and runner.active:
                 self.log.warning("%s: %s is gone (moved or deleted) while it ran; ending its run",
                                  entry.id, runner.config.root)

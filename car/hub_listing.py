@@ -13,7 +13,8 @@ from car.manifest import Manifest, ManifestEntry, escaping
 from car.probe import NOT_INITIALIZED, RepoFiles, RepoProbe, stamp_repos
 from car.status import LockStatus, RepoStatus, RunStatus
 
-# (active, last_error) of this hub's runner for a repo id; (False, None) when it has none
+# (active, last_error) of this hub's runner in a directory, by its manifest path; (False, None) when it has
+# none. By directory, not id: an edited manifest may point an id at another directory while a loop runs
 RunnerFacts = Callable[[str], "tuple[bool, Optional[str]]"]
 # An entry judged from its files alone (no lock, runner, init or crashed run in it) can be memoized:
 # a new process judging the same files finds the same, and a scan has nothing to settle for it
@@ -113,7 +114,7 @@ class RepoListing:
         for slot in self._slots.values():
             entry = slot.cached
             # a runner's error is in the entry, and a new process would not know it
-            if (entry is None or entry.status not in _MEMOIZABLE or self._runner_facts(slot.id)[1] is not None
+            if (entry is None or entry.status not in _MEMOIZABLE or self._runner_facts(slot.entry.path)[1] is not None
                     or slot.files.run_status == _RUNNING):
                 return None
             stamp = slot.probe.stamp()  # the stats behind slot.files, the read `entry` was built from
@@ -143,6 +144,11 @@ class RepoListing:
             self._generation += 1
         self.manifest, self._slots = manifest, slots
 
+    def ids_at(self, paths: Iterable[str]) -> List[str]:
+        """The ids whose manifest entries name these paths now (the manifest is immutable: no lock needed)."""
+        wanted = set(paths)
+        return [e.id for e in self.manifest.repos if e.path in wanted]
+
     def slot(self, repo_id: str) -> RepoSlot:
         slot = self.slots.get(repo_id)
         if slot is None:
@@ -151,7 +157,7 @@ class RepoListing:
 
     def entry(self, slot: RepoSlot) -> RepoEntry:
         """The slot's current entry; rebuilt only when one of the facts it comes from changed."""
-        active, runner_error = self._runner_facts(slot.id)
+        active, runner_error = self._runner_facts(slot.entry.path)
         gone = self.escapes.get(slot.id)
         if gone is None and os.path.islink(slot.root_str):  # a link made since the scan: read nothing through
             gone = self.judge_escape(slot)  # it if it leaves the hub (QA)

@@ -38,6 +38,7 @@ class LogFile:
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def write(self, line: str) -> None:
+        """Append `line` (or lines joined by \\n: one write keeps them together)."""
         data = (line + "\n").encode("utf-8", errors="replace")
         with self._lock:
             try:
@@ -54,7 +55,7 @@ class LogFile:
                     self._lost = 0
                 os.write(self._fd, data)  # one write of a whole line, O_APPEND: never torn or interleaved
             except OSError as exc:
-                self._failed(exc)
+                self._failed(exc, lines=data.count(b"\n"))  # the note counts lines, not writes
 
     def size(self) -> int:
         try:
@@ -83,7 +84,7 @@ class LogFile:
         if self.path.exists():
             os.replace(self.path, f"{self.path}.1")
 
-    def _failed(self, exc: OSError) -> None:
+    def _failed(self, exc: OSError, lines: int = 1) -> None:
         if not self._lost:
             try:
                 sys.stderr.write(f"car: cannot write {self.path} ({exc.strerror}); its lines are dropped "
@@ -91,7 +92,7 @@ class LogFile:
                 sys.stderr.flush()
             except (OSError, ValueError):  # no terminal left to tell
                 pass
-        self._lost += 1
+        self._lost += lines
         self._close()  # the next write opens it again: the file may have been made anew
 
     def _close(self) -> None:

@@ -45,18 +45,22 @@ class RunLog:
         self._file = LogFile(path, backup_count)  # no max_bytes: a run is never split across files
 
     def write(self, text: str, run_id: Optional[int] = None) -> str:
-        line = f"{utc_now()} [run {run_id}] {text}" if run_id is not None else f"{utc_now()} {text}"
-        self._file.write(line)
+        """Log `text`, one stamped line per line of it (render_lines); returns the lines, \\n-joined."""
+        lines = render_lines(utc_now(), text, run_id)
+        written = "\n".join(lines)
+        self._file.write(written)  # one write: the lines of a message are never torn apart by another's
         if self.feed is not None:
-            self.feed.publish(line)
-        return line
+            for line in lines:  # a Feed item is one log line, as the file's readers see them
+                self.feed.publish(line)
+        return written
 
     def start_run(self, run_id: int) -> None:
         self.write(f"=== run {run_id} start ===")
 
     def end_run(self, run_id: int, end: str) -> None:
         """Close a run (`end` is 'code N' or a word like 'interrupted'), then maybe roll over."""
-        self.write(f"=== run {run_id} end ({end}) ===")
+        # a marker is one line or none: split, its pieces would match no marker and the run stay open
+        self.write(f"=== run {run_id} end ({' '.join(end.splitlines())}) ===")
         self.rollover_if_full()
 
     def rollover_if_full(self) -> None:
@@ -76,6 +80,22 @@ def log_files(path: Path, backup_count: int) -> List[Path]:
     """The log and its backups that exist, oldest first."""
     names = [Path(f"{path}.{i}") for i in range(backup_count, 0, -1)] + [path]
     return [p for p in names if p.exists()]
+
+
+def render_lines(at: str, text: str, run_id: Optional[int] = None) -> List[str]:
+    """`text` as log lines stamped `at`, one per line of it; none after the first can pass for a marker."""
+    prefix = f"{at} [run {run_id}] " if run_id is not None else f"{at} "
+    if "\n" not in text and not text.endswith("\r"):  # nearly every line (an agent's): as it is, at no cost
+        return [prefix + text]
+    # Lines end at \n alone, as an agent's do (AgentProcess reads them so, the readers split so): an
+    # inner \r stays in its line (the stream shows it as U+240D), a \r that ends one is half a \r\n, and
+    # line breaks that end the text make no empty lines.
+    first, *rest = [piece.rstrip("\r") for piece in text.rstrip("\r\n").split("\n")]
+    # in a run each line carries [run N], as an agent's does: run_output() gives the text back. Outside
+    # one a continuation is indented (as a folded mail header is): a marker has one space alone after
+    # its stamp, so '=== run 3 start ===' on a line of its own cannot read as one
+    more = prefix if run_id is not None else f"{at}   "
+    return [prefix + first, *(more + line for line in rest)]
 
 
 def split_lines(text: str) -> List[str]:

@@ -179,13 +179,17 @@ def _read_back(path: Path, enough: Callable[[bytes], bool]) -> Tuple[bytes, bool
     except FileNotFoundError:
         return b"", True
     with fh:
-        fh.seek(0, os.SEEK_END)
-        end = pos = fh.tell()
-        chunk, data = 65536, b""
+        pos = fh.seek(0, os.SEEK_END)
+        data = b""
         while pos > 0 and not enough(data):
-            pos = max(0, pos - chunk)
+            # each step reads as much again as it holds: enough() looks at all of it each time, so a
+            # fixed step made finding an early run quadratic in the log's size; doubling keeps the sum
+            # of what it looks at under twice what is read. Reading past the point where enough() first
+            # held changes no answer: it holds for any longer end too, and the callers read from the end
+            step = min(pos, max(65536, len(data)))
+            pos -= step
             fh.seek(pos)
-            data = fh.read(end - pos)
+            data = fh.read(step) + data  # only the new part is read; what follows it is in hand
     return data, pos == 0
 
 

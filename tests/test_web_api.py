@@ -7,6 +7,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -553,6 +554,37 @@ def test_car_serve_in_a_subprocess_answers_and_stops_on_sigterm(repo: Path):
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(20) == 0
     assert '"POST /api/run/stop HTTP/1.1" 409' in RepoLayout(repo).web_log.read_text()
+
+
+# serve_repo in a process of its own, with a SIGTERM that comes while it settles the repo, before the ready
+# line (a caller that sends one as soon as it sees the URL is as early)
+SIGNAL_WHILE_LISTENING = """
+import os, signal, sys
+from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from car.config import load_config
+from car.runner import RepoRunner
+from car.web.server import serve_repo
+
+config = load_config(Path(sys.argv[1]))
+executor = ThreadPoolExecutor(max_workers=1)
+runner = RepoRunner(config, executor)
+try:
+    serve_repo(runner, "127.0.0.1", 0, listening=lambda: os.kill(os.getpid(), signal.SIGTERM),
+               ready=lambda running: print("ready", flush=True))
+finally:
+    runner.close()
+    executor.shutdown()
+print("ended cleanly", flush=True)
+"""
+
+
+def test_a_signal_before_the_ready_line_still_ends_the_server_cleanly(repo: Path) -> None:
+    """Review: the handlers were set only after the ready line, so a SIGTERM sent as soon as `car serve`
+    printed its URL (or while it reconciled the repo) ended it at once, with no cleanup."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_LISTENING, str(RepoLayout(repo).config)],
+                          env=car_env(), capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ended cleanly\n", "")
 
 
 def test_a_kept_alive_connection_gets_503_once_the_server_stopped():

@@ -195,27 +195,26 @@ def print_ready(running: Running) -> None:
         print(line, flush=True)
 
 
-def wait_for_signal(stop: Optional[threading.Event] = None) -> None:
-    """Block until SIGINT/SIGTERM (or `stop`)."""
-    stop = stop or threading.Event()
-    with on_stop_signals(stop.set):
-        stop.wait()
-
-
 def _serve(routes: List[Route], host: str, port: int, log: logging.Logger, token_path: Path,
            allow_remote: bool, base_path: str, ready: Optional[Callable[[Running], None]],
            stop: Optional[threading.Event], heartbeat_seconds: float,
            listening: Optional[Callable[[], None]]) -> None:
+    """Serve until SIGINT/SIGTERM/SIGHUP (or `stop`)."""
     check_bind(host, allow_remote)
-    running = start_in_thread(routes, host, port, log=log, token_path=token_path, listening=listening,
-                              allow_remote=allow_remote, base_path=base_path,
-                              streams=Streams(heartbeat_seconds))
-    try:
-        if stop is None or not stop.is_set():  # not asked to end during `listening`
-            (ready or print_ready)(running)
-            wait_for_signal(stop)
-    finally:
-        running.close()
+    stop = stop or threading.Event()
+    # caught from before `listening` and the ready line: a signal that comes as soon as a caller sees the
+    # URL (or while the hub starts its repos) ends the server cleanly; left at its default, it ended the
+    # process with no cleanup
+    with on_stop_signals(stop.set):
+        running = start_in_thread(routes, host, port, log=log, token_path=token_path, listening=listening,
+                                  allow_remote=allow_remote, base_path=base_path,
+                                  streams=Streams(heartbeat_seconds))
+        try:
+            if not stop.is_set():  # not asked to end during `listening`
+                (ready or print_ready)(running)
+                stop.wait()
+        finally:
+            running.close()
 
 
 def serve_repo(runner: Any, host: str, port: int, allow_remote: bool = False, base_path: str = "",

@@ -15,7 +15,7 @@ from car import __version__
 from car.cli_serve import add_serve_command, whole_number
 from car.cli_usage import add_usage_command
 from car.config import AnyConfig, HubConfig, RepoConfig, RunnerConfig, find_config, load_config, says_hub_mode
-from car.errors import CarError, ConfigError, Conflict, UsageError
+from car.errors import CarError, ConfigError, Conflict, UsageError, os_error_message
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.status import LockStatus, StopReason
 
@@ -369,5 +369,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CarError as exc:
         print(f"car: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the machine's, not car's (a full disk mid-run): a line, not a traceback
+        print(f"car: {os_error_message(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -64,3 +64,16 @@ class InitError(CarError):
     HTTP a 409, since the request is fine and the server works: the repo's files need the fix."""
 
     http_status, code = 409, "init_error"
+
+
+def os_error_message(exc: OSError) -> str:
+    """An OSError car did not expect at that point (a disk that filled up during a run, a directory
+    made read-only) as one line for a user: the file, what the system said, and what to do."""
+    import errno  # built into the interpreter: costs nothing
+
+    what = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{what}; free some disk space, then run the command again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}; check the permissions there (and that the file system is writable), then run again"
+    return f"{what}; fix that, then run the command again"

@@ -37,11 +37,13 @@ def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True, e
         else:
             os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # a write or flush that failed names no file
+            exc.filename = str(path)
         raise
 
 
@@ -60,18 +62,43 @@ def _link_new(tmp: Path, path: Path, raw: bytes) -> None:
 # how docs are decoded, by read_text and by the hub's probe: a leading BOM (Windows editors write one)
 # is dropped, else it would glue itself to the first line and hide a first `- [ ]` item from the counts
 DOC_ENCODING = "utf-8-sig"
+# Notepad's "Unicode" and "Unicode big endian"; no UTF-8 text starts with these bytes (neither is UTF-8)
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def read_text(path: Path, missing: str = "") -> str:
-    """The file's text (bytes that are not UTF-8 read as U+FFFD: an agent may write any); `missing`
-    when there is no such file; a CarError naming it when it cannot be read."""
+    """The file's text as decode_doc makes it; `missing` when there is no such file; a CarError
+    naming it when it cannot be read."""
+    raw = read_bytes(path)
+    return missing if raw is None else decode_doc(raw, path)
+
+
+def read_bytes(path: Path) -> Optional[bytes]:
+    """The file's bytes; None when there is no such file; a CarError naming it when it cannot be read."""
     try:
-        return path.read_text(encoding=DOC_ENCODING, errors="replace")
+        return path.read_bytes()
     except FileNotFoundError:
-        return missing
+        return None
     except OSError as exc:
         raise CarError(f"{path}: cannot read ({exc.strerror}); fix the file, or the setting in "
                        f".codex-autorunner/config.yml that names it") from exc
+
+
+def decode_doc(raw: bytes, path: Path) -> str:
+    """A doc's text: no BOM, every line end a \\n, bytes that are not UTF-8 as U+FFFD (an agent may
+    write any); a UTF-16 doc is a CarError naming it and the fix."""
+    if raw[:2] in UTF16_BOMS:
+        raise _utf16_error(path, raw[:2])
+    text = raw.decode(DOC_ENCODING, "replace")
+    # line ends as open()'s universal newlines make them: the counts, the prompt and the etag see one text
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _utf16_error(path: Path, bom: bytes) -> CarError:
+    """Refused, not decoded: the agent's tools and the page's saves write UTF-8, so a UTF-16 doc would
+    end up half one, half the other; refused, nothing in it is lost or miscounted."""
+    return CarError(f"{path}: saved as UTF-16 (it starts with the bytes {bom.hex(' ').upper()}); car reads "
+                    f"its files as UTF-8 only: save it as UTF-8 (Notepad: Save As, Encoding: UTF-8), then try again")
 
 
 def file_stamp(path: Path) -> Optional[List[int]]:

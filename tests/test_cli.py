@@ -374,6 +374,34 @@ def config_warning(err: str, path: Path, problem: str, command: str) -> str:
     return lines[0]
 
 
+def test_a_disk_that_fills_up_mid_run_ends_the_loop_in_one_line(repo: Path, tmp_path: Path) -> None:
+    """QA: a disk that filled up during `car run` ended car with a 40-line traceback (from the lock's
+    update after the run) and left state.json saying running. Here no file of car's may grow past 0
+    bytes from the middle of the run on (RLIMIT_FSIZE: EFBIG, as ENOSPC, while a file can still be
+    removed); car says which file and what to do, in one line, and `car status` closes the run after."""
+    import resource
+
+    pidfile = tmp_path / "pids"
+    proc = start_car(repo, "run", FAKE_AGENT_MODE="slow", FAKE_AGENT_SLEEP="0.3", FAKE_AGENT_LINES="5",
+                     FAKE_AGENT_PIDFILE=str(pidfile))
+    try:
+        wait_until(lambda: inspect_lock(RepoLayout(repo).lock).agent_pgid, 20, "the agent in the lock")
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (0, 0))  # python ignores SIGXFSZ: writes fail
+        out = finish(proc, 60)  # stdout and stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out, out
+    said = [line for line in out.splitlines() if line.startswith("car: ") and "log" not in line.split(";")[0]]
+    assert len(said) == 1 and str(RepoLayout(repo).lock.parent) in said[0], out
+    assert "free some disk space, then run the command again" in said[0], out
+    status = run_car("status", "--json", cwd=repo)  # with room again, the run is closed as interrupted
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state_status"] == "error", status.stdout
+
+
 @pytest.mark.parametrize("bad", BAD_CONFIGS)
 def test_kill_ends_a_running_loop_although_its_config_went_bad(repo: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch, bad: str) -> None:

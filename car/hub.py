@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 from car.bootstrap import init_repo
 from car.config import HubConfig, RepoConfig, load_config
 from car.discovery import find_repos, new_repos
-from car.errors import CarError, ConfigError, Conflict, InitError, LockError
+from car.errors import CarError, ConfigError, Conflict, InitError, LockError, os_error_message
 from car.feed import Feed
 from car.hub_listing import RepoListing, RepoSlot
 from car.hub_state import HubSnapshot, HubStateFile, RepoEntry
@@ -39,6 +39,7 @@ NOT_RUNNABLE = {
 
 _MISSING, _NEEDS_INIT = RepoStatus.MISSING, (RepoStatus.UNINITIALIZED, RepoStatus.INIT_ERROR)
 _RUNNING = RunStatus.RUNNING.value
+_MAY_HAVE_CRASHED = (RepoStatus.LOCKED, RepoStatus.IDLE)  # what a run nobody runs any more is listed as
 
 
 class HubSupervisor:
@@ -220,6 +221,8 @@ class HubSupervisor:
                 return True
         except CarError as exc:
             self.log.warning("%s: cannot close its interrupted run: %s", slot.id, exc)
+        except OSError as exc:  # its files cannot be written (a full disk): the next scan or status tries again
+            self.log.warning("%s: cannot close its interrupted run: %s", slot.id, os_error_message(exc))
         finally:
             with self._guard:
                 self._closing.discard(slot.entry.path)
@@ -380,17 +383,20 @@ class HubSupervisor:
         return bool(changed)
 
     def _close_crashed_runs(self, entries: Iterable[RepoEntry]) -> None:
-        """A loop another process ran died (kill -9, a crash) while this hub serves: end what it left
-        running and close its run, as a scan or `car status` would (DESIGN.md §3). Else the list shows
-        a run under way that nobody watches, and its agent goes on working. On the executor: ending an
-        orphan may take the kill grace, and the worker publishes every repo's changes. _reconcile judges
-        whether there is a run to close."""
+        """A loop another process ran died (kill -9, a crash), or one whose last writes failed (a full
+        disk), while this hub serves: end what it left running and close its run, as a scan or `car status`
+        would (DESIGN.md §3). Else the list shows a run under way that nobody watches (or an idle repo whose
+        state says running), and an orphaned agent goes on working. On the executor: ending an orphan may
+        take the kill grace, and the worker publishes every repo's changes. _reconcile judges whether there
+        is a run to close."""
         for entry in entries:
-            if entry.status is not RepoStatus.LOCKED or entry.lock_status is not LockStatus.LOCKED_STALE:
+            # a stale lock, or none (a loop whose last writes failed, on a full disk, released it) with a
+            # state that still says running
+            if entry.lock_status is LockStatus.LOCKED_ALIVE or entry.status not in _MAY_HAVE_CRASHED:
                 continue
             with self._guard:
                 slot = self._listing.slots.get(entry.id)
-            if slot is None:
+            if slot is None or slot.files.run_status != _RUNNING:
                 continue
             try:
                 self._executor.submit(self._close_crashed_run, slot)

@@ -108,9 +108,11 @@ def reconcile(config: RepoConfig, *,
         log = open_run_log(config)
         if orphan is not None:
             log.write(f"car: {orphan.describe()}", run_id)
-        elif last_heard:
+        elif last_heard and info.pid is not None:
             log.write(f"car: the loop's owner (pid {info.pid}) died during this run; last heard of it at {last_heard}",
                       run_id)
+        elif last_heard:  # no lock: its loop released it, but could not close the run (a full disk)
+            log.write(f"car: the loop of this run ended without closing it; last heard of it at {last_heard}", run_id)
         log.end_run(run_id, "interrupted")
         log.close()
     state.status, state.stop_reason, state.runner_pid = RunStatus.ERROR.value, StopReason.INTERRUPTED.value, None

@@ -21,6 +21,7 @@ from car.config import HubConfig, load_config
 from car.engine import Engine
 from car.layout import RepoLayout
 from car.lock import LockInfo, acquire_lock, inspect_lock, process_start_time, update_lock
+from car.logs import open_run_log
 from car.recovery import end_orphaned_run, find_orphan, reconcile
 from car.state import RepoState, load_state, save_state
 from car.status import LockStatus
@@ -425,3 +426,28 @@ def test_a_loop_of_another_process_dying_while_the_hub_serves_is_closed_at_its_p
     log = config.log_path.read_text()
     assert f"alpha: the loop's owner (pid {proc.pid}) died and left its run going; ended 2 process(es)" in log
     assert "alpha: the last run's owner died; closed it as interrupted" in log
+
+
+def test_a_run_whose_loop_could_not_close_it_is_closed_at_the_hubs_poll(tmp_path: Path):
+    """QA: a loop whose last writes failed (a full disk) released its lock but left state.json saying
+    running; the hub listed the repo as idle, its run never closed, until a GET of its state."""
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha")
+    with started(config) as hub:
+        assert hub.repo("alpha").status.value == "idle"
+        alpha = load_config(RepoLayout(root / "alpha").config)
+        log = open_run_log(alpha)
+        log.start_run(1)
+        log.write("working", 1)
+        log.close()
+        save_state(RepoLayout(root / "alpha").state, RepoState(status="running", last_run_id=1,
+                                                               last_run_started_at="2026-11-25T00:00:00Z"))
+        entry = wait_until(lambda: (lambda e: e if e.stop_reason == "interrupted" else None)(hub.repo("alpha")),
+                           20, "the run to be closed at the hub's poll")
+        assert (entry.status.value, entry.lock_status.value) == ("error", "unlocked")
+        assert load_state(RepoLayout(root / "alpha").state).status == "error"
+    text = alpha.log_path.read_text()  # no owner pid to name: the lock was released
+    assert "car: the loop of this run ended without closing it; last heard of it at" in text and "pid None" not in text
+    assert text.rstrip().endswith("=== run 1 end (interrupted) ===")
+

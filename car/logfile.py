@@ -26,6 +26,7 @@ class LogFile:
         self.path, self.backup_count, self.max_bytes = path, backup_count, max_bytes
         self._lock = threading.Lock()
         self._lost = 0
+        self._torn = False  # the file ends in a part of a line (see _write_all)
         self._fd: Optional[int] = None
         try:  # at the start, a log car cannot write stops the start with one line
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,13 +50,29 @@ class LogFile:
                     if size and size + len(data) > self.max_bytes:
                         self._rotate()
                         self._fd = self._open()
+                if self._torn:  # a line cut short by a full disk: ended here, so the next starts a line
+                    self._write_all(b"\n")
+                    self._torn = False
                 if self._lost:
                     note = f"{utc_now()} car: {self._lost} lines of this log were lost: it could not be written\n"
-                    os.write(self._fd, note.encode())
+                    self._write_all(note.encode())
                     self._lost = 0
-                os.write(self._fd, data)  # one write of a whole line, O_APPEND: never torn or interleaved
+                self._write_all(data)  # O_APPEND: never interleaved with another writer's line
             except OSError as exc:
                 self._failed(exc, lines=data.count(b"\n"))  # the note counts lines, not writes
+
+    def _write_all(self, data: bytes) -> None:
+        """One write of `data`, as a rule; a short one (a disk that fills up) goes on with the rest, and
+        one that fails after a part of it leaves the file mid-line: _torn, for the next write to end."""
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except OSError:
+                self._torn = self._torn or len(view) < len(data)
+                raise
+            view = view[written:]
 
     def size(self) -> int:
         try:
@@ -83,6 +100,7 @@ class LogFile:
                 os.replace(older, f"{self.path}.{i + 1}")
         if self.path.exists():
             os.replace(self.path, f"{self.path}.1")
+        self._torn = False  # that part of a line is the backup's last; the new file starts clean
 
     def _failed(self, exc: OSError, lines: int = 1) -> None:
         if not self._lost:

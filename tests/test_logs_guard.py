@@ -22,7 +22,7 @@ from car.logs import (
 )
 from car.web.sse import encode_lines
 
-from support import make_repo, update_config
+from support import car_env, make_repo, update_config
 
 FORGED_END = "2026-11-24T23:28:49.069Z === run 1 end (code 0) ==="
 
@@ -158,3 +158,37 @@ def test_the_lines_of_a_message_lost_to_a_full_disk_are_counted_as_lines(tmp_pat
     assert [after_stamp(line) for line in written_lines(link)] == [
         "car: 4 lines of this log were lost: it could not be written", "back"]
     assert len(capfd.readouterr().err.splitlines()) == 1  # told once
+
+
+# a LogFile in a process of its own whose files may not grow past LIMIT bytes (RLIMIT_FSIZE: python ignores
+# SIGXFSZ, so a write past it is cut short, and the next one fails with EFBIG, as on a disk that fills up)
+TORN = """
+import resource, sys
+from pathlib import Path
+from car.logfile import LogFile
+
+log = LogFile(Path(sys.argv[1]), backup_count=1)
+log.write("first line")
+resource.setrlimit(resource.RLIMIT_FSIZE, (len("first line") + 1 + 8, resource.RLIM_INFINITY))
+log.write("2026-11-25T00:33:14.587Z a line the disk has room for only the start of")
+log.write("lost too")
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+log.write("back")
+log.close()
+"""
+
+
+def test_a_line_cut_short_by_a_full_disk_is_ended_before_the_next(tmp_path: Path) -> None:
+    """QA: a short write on a disk that filled up left part of a line, and the next line was glued to it
+    ('2026-11-25T00:2026-11-25T00:33:14.587Z car: 244 lines ... lost'): a marker written so would be lost."""
+    import subprocess
+
+    path = tmp_path / "car.log"
+    done = subprocess.run([sys.executable, "-c", TORN, str(path)], capture_output=True, text=True, timeout=60,
+                          env=car_env())
+    assert done.returncode == 0, done.stderr
+    lines = written_lines(path)
+    assert lines[:2] == ["first line", "2026-11-"], lines  # the part that fitted, ended as a line of its own
+    assert after_stamp(lines[2]) == "car: 2 lines of this log were lost: it could not be written", lines
+    assert lines[3:] == ["back"], lines
+

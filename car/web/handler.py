@@ -190,6 +190,19 @@ class Handler(BaseHTTPRequestHandler):
             raise Unauthorized("missing or wrong token: send 'Authorization: Bearer <token>' "
                                "(the token was printed when the server started)")
 
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue` (curl sends it for a large body): a body over the limit is refused now,
+        before the client is told to send it; the base class says 100 Continue to every one."""
+        raw = (self.headers.get("Content-Length") or "").strip()
+        if raw.isdigit() and int(raw) > self.app.max_body_bytes:
+            self.close_connection = True
+            self._send(error_response(self._too_large(int(raw))))
+            return False
+        return super().handle_expect_100()
+
+    def _too_large(self, length: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body of {length} bytes is over the limit of {self.app.max_body_bytes} bytes")
+
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
@@ -206,8 +219,7 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"bad Content-Length '{raw[:40]}'") from None
         if length > self.app.max_body_bytes:
             self.close_connection = True  # the body stays unread: this connection is done
-            raise PayloadTooLarge(f"request body of {length} bytes is over the limit of "
-                                  f"{self.app.max_body_bytes} bytes")
+            raise self._too_large(length)
         self._body_read = True
         try:
             body = self.rfile.read(length) if length else b""

@@ -200,6 +200,25 @@ def test_a_log_line_with_a_carriage_return_shows_once_as_one_line(hub_root: Path
         assert page.locator("#log").inner_text().count(shown) == 1
 
 
+def test_only_a_runs_own_start_and_end_show_as_markers(hub_root: Path, page):
+    """Review: the page styled any line holding '=== run N start|end' as a marker (and polled on it): an
+    agent's line that prints those words, or the next line of one of car's messages."""
+    config = load_config(RepoLayout(hub_root / "alpha").config)
+    log = open_run_log(config)
+    log.start_run(1)
+    log.write("=== run 1 end (code 0) ===", 1)  # the agent's own text
+    log.end_run(1, "code 0")
+    log.write("car: a note\n=== run 2 start ===")  # outside a run: its next line is indented
+    log.close()
+    with hub_server(hub_root) as served:
+        page.goto(served.running.url + "#/repos/alpha")
+        log_has(page, "a note")
+        markers = page.locator("#log .ln.marker")
+        assert markers.count() == 2, page.locator("#log").inner_text()
+        assert "=== run 1 start ===" in markers.nth(0).inner_text()
+        assert "=== run 1 end (code 0) ===" in markers.nth(1).inner_text()
+
+
 def test_single_repo_page_under_a_base_path(tmp_path: Path, page, monkeypatch):
     slow_agent(monkeypatch, lines=6, sleep=0.1)
     repo = make_repo(tmp_path / "solo")

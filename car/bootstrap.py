@@ -145,7 +145,10 @@ def init_repo(root: Path, force: bool = False, git_init: bool = False) -> InitRe
             raise InitError(f"{root} is not a directory")
         if layout.dir.exists() and not layout.dir.is_dir():
             raise InitError(f"{layout.dir} exists and is not a directory; move it away and init again")
-        if git_init and not (root / ".git").exists():
+        top = git.inspect_git(root).top if git_init and not (root / ".git").exists() else None
+        if top is not None:  # a monorepo's directory: `git init` would hide it from the monorepo (a nested repo)
+            report.actions.append(f"git init skipped: already in the git work tree at {top}")
+        elif git_init and not (root / ".git").exists():
             err = git.git_init(root)
             if err:
                 raise InitError(f"git init failed in {root}: {err}")
@@ -215,8 +218,13 @@ def init_hub(root: Path) -> InitReport:
     return report
 
 
-def describe_git(root: Path) -> Optional[str]:
+def describe_git(root: Path, facts: Optional[git.GitFacts] = None) -> Optional[str]:
     """A warning when the repo is not under git (car works, but progress and commits are weaker)."""
-    if not (root / ".git").exists():
-        return f"{root} is not a git repository; `car init --git-init` creates one"
-    return None
+    facts = facts or git.inspect_git(root)
+    if facts.top is not None:  # its own repository, or a directory of a larger one's work tree (a monorepo)
+        return None
+    if not git.has_git():
+        return f"{facts.problem}: progress is judged by file times and git.auto_commit commits nothing; install git"
+    if (root / ".git").exists():  # `car init --git-init` would leave it as it is
+        return f"{root}/.git is there, but git does not read it as a repository ({facts.problem}); fix or remove it"
+    return f"{root} is not a git repository; `car init --git-init` creates one"

@@ -147,6 +147,8 @@ def _run_in_foreground(config: RepoConfig, once: bool) -> int:
     print(f"car: loop ended: {reason.value} (last run {state.last_run_id}, "
           f"{_exit_code(state.last_exit_code)}, TODO {state.done_todos}/"
           f"{state.done_todos + state.outstanding_todos} done)")
+    if engine.commit_problem:  # said in the log too; a user relying on git.auto_commit must not miss it
+        _warn(engine.commit_problem)
     return 1 if reason in ERROR_REASONS else 0
 
 

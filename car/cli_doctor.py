@@ -13,6 +13,7 @@ from car.config import RepoConfig
 from car.docs import DocKind, parse_todos
 from car.errors import AgentError, CarError
 from car.files import read_text
+from car.git import inspect_git
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.lock import inspect_lock
 from car.status import LockStatus
@@ -47,7 +48,12 @@ def doctor(config: RepoConfig) -> int:
         check(True, f"agent {binary}" + (f" ({version})" if version else ""), "")
     except CarError as exc:
         check(False, "", str(exc))
-    check(describe_git(config.root) is None, "git repository", describe_git(config.root) or "")
+    found = inspect_git(config.root)
+    part = f" (part of the work tree at {found.top})" if found.top not in (None, config.root) else ""
+    check(found.top is not None, "git repository" + part, describe_git(config.root, found) or "")
+    if found.busy:  # a warning: car runs, but git.auto_commit commits nothing until it is over
+        print(f"warn  {found.busy}" + ("; until then git.auto_commit commits nothing" if config.git.auto_commit
+                                       else ""))
     lock = inspect_lock(RepoLayout(config.root).lock)
     check(lock.status is not LockStatus.LOCKED_STALE, f"lock: {lock.status.value}",
           "stale lock (owner gone): run `car resume` to clear it")

@@ -67,6 +67,10 @@ class Engine:
         self._count_progress = True  # _loop() decides
         self._lock_token: Optional[str] = None  # from this loop's acquire_lock: tells our lock from a later one
         self._lock_lost: Optional[LockInfo] = None  # the lock as found once it was no longer ours
+        # why the last auto-commit left the changes uncommitted ("auto-commit failed in run N (...)"); None
+        # once one commits: a user relying on git.auto_commit hears of it at the loop's end (car run)
+        self.commit_problem: Optional[str] = None
+        self._commit_said: Optional[str] = None  # a per-loop auto-commit note (no work tree) already logged
 
     # controls (any thread) -------------------------------------------------------------
     def request_stop(self) -> None:
@@ -312,11 +316,27 @@ class Engine:
         self._fingerprint = self._files_fingerprint()
         progressed = after_todo != before[0] or self._fingerprint != before[1]
         if cfg.git.auto_commit and exit_code == 0 and not reader.failure:
-            note = git.auto_commit(cfg.root, cfg.git.commit_message_template.replace("{run_id}", str(run_id)))
-            if note:
-                self.log.write(f"car: {note}", run_id)
-                self._fingerprint = None  # HEAD moved
+            self._auto_commit(run_id)
         return end_reason, after_todo, progressed
+
+    def _auto_commit(self, run_id: int) -> None:
+        """Commit the run's changes; one that did not happen is logged and kept in commit_problem."""
+        cfg = self.config
+        # a kill (here, or `car kill` elsewhere) ends a long git call (a slow pre-commit hook) within the grace
+        note = git.auto_commit(cfg.root, cfg.git.commit_message_template.replace("{run_id}", str(run_id)),
+                               grace_seconds=cfg.runner.kill_grace_seconds,
+                               cancel=lambda: self._kill_reason is not None or self._stop_file() == "kill")
+        self.commit_problem = None
+        if note is None:
+            return
+        if note.verdict is not None:
+            self.commit_problem = (f"auto-commit {note.verdict} in run {run_id} ({note.reason}); its changes are "
+                                   f"left uncommitted")
+        if not (note.per_loop and note.text == self._commit_said):
+            self.log.write("\n".join(f"car: {line}" for line in note.text.splitlines()), run_id)
+        if note.per_loop:
+            self._commit_said = note.text
+        self._fingerprint = None  # HEAD may have moved
 
     def _record_end(self, run_id: int, state: RepoState, exit_code: Optional[int],
                     end_reason: Optional[StopReason], reader: OutputReader) -> None:

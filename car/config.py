@@ -32,6 +32,13 @@ MAX_PORT = 65535
 # every string setting ends up in a path, an argv, a socket address or a git message, and the OS takes
 # none with a NUL in it (Python raises ValueError: embedded null byte, on every command)
 NO_NUL = "expected text without a NUL character (\\0)"
+# a field's metadata "text" is (a regex its whole value must match, what it expects): such a value is a
+# string in the file, never a number made one (`base_path: 5` is a slip, not "/5").
+# BASE_PATH: the URL prefixes the server takes (car.web.server.normalize_base_path applies this rule to
+# --base-path too): checked at load, naming the key, rather than as a `--base-path` error at the start
+BASE_PATH = (r"\s*/*(?:[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*)?/*\s*", "a URL path such as /car")
+# git refuses an empty message (`Aborting commit due to empty commit message`), run after run
+COMMIT_MESSAGE = (r"(?s).*\S.*", "a commit message that is not empty, such as '[codex] run #{run_id}'")
 # `mode: hub` as a config's text says it, for a file that YAML cannot read (or that fails a check)
 HUB_MODE_LINE = re.compile(r"^mode:[ \t]*['\"]?hub\b", re.MULTILINE)
 
@@ -70,14 +77,14 @@ class RunnerConfig:
 @dataclass(frozen=True)
 class GitConfig:
     auto_commit: bool = False
-    commit_message_template: str = "[codex] run #{run_id}"
+    commit_message_template: str = field(default="[codex] run #{run_id}", metadata={"text": COMMIT_MESSAGE})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = field(default=4173, metadata={"max": MAX_PORT})
-    base_path: str = ""
+    base_path: str = field(default="", metadata={"text": BASE_PATH})
 
 
 @dataclass(frozen=True)
@@ -319,12 +326,14 @@ class _Checker:
             if name in data:
                 factory = fields[name].default_factory
                 default = factory() if factory is not dataclasses.MISSING else None  # type: ignore[misc]
+                meta = fields[name].metadata
                 out[name] = self.convert(hints[name], data[name], [*keys, name], default,
-                                         fields[name].metadata.get("max"), fields[name].metadata.get("only"))
+                                         meta.get("max"), meta.get("only"), meta.get("text"))
         return out
 
     def convert(self, hint: Any, value: Any, keys: list[str], default: Any = None,
-                most: Optional[int] = None, only: Optional[Tuple[int, str]] = None) -> Any:
+                most: Optional[int] = None, only: Optional[Tuple[int, str]] = None,
+                text: Optional[Tuple[str, str]] = None) -> Any:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if origin is Union:
             if value is None and type(None) in args:
@@ -367,6 +376,8 @@ class _Checker:
                 raise self.error(keys, "expected a string", value)
             if "\0" in str(value):
                 raise self.error(keys, NO_NUL, value)
+            if text is not None and not (isinstance(value, str) and re.fullmatch(text[0], value)):
+                raise self.error(keys, f"expected {text[1]}", value)
             return str(value)
         raise AssertionError(f"unhandled config type {hint!r}")
 

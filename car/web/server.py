@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import car
+from car.config import BASE_PATH
 from car.errors import CarError, NotFound, UsageError
 from car.files import write_atomic
 from car.layout import HubLayout, RepoLayout
@@ -56,10 +57,11 @@ def check_bind(host: str, allow_remote: bool) -> None:
 
 
 def normalize_base_path(base_path: str) -> str:
-    """'car/' -> '/car'; '' and '/' -> ''."""
+    """'car/' -> '/car'; '' and '/' -> ''. The rule is the config's, which checks server.base_path at load."""
+    pattern, expected = BASE_PATH
+    if not re.fullmatch(pattern, base_path or ""):
+        raise UsageError(f"--base-path '{base_path}': expected {expected}")
     base = "/" + (base_path or "").strip().strip("/")
-    if base != "/" and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", base):
-        raise UsageError(f"--base-path '{base_path}': expected a URL path such as /car")
     return "" if base == "/" else base
 
 

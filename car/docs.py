@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from codecs import BOM_UTF8
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
-from car.errors import StaleEtag
-from car.files import read_text, write_atomic, write_error
+from car.errors import CarError, Conflict, StaleEtag
+from car.files import decode_doc, read_bytes, read_text, write_atomic, write_error
 
 
 class DocKind(str, Enum):
@@ -185,15 +186,56 @@ def read_doc(path: Path) -> Doc:
     return Doc(content, etag_of(content))
 
 
-def write_doc(path: Path, content: str, etag: Optional[str] = None) -> Doc:
-    """Write a doc; with an etag, only if the doc still has it (else StaleEtag, nothing written)."""
-    if etag is not None:
-        current = read_doc(path)
-        if current.etag != etag:
-            raise StaleEtag(f"{path.name} changed since it was loaded (etag {etag} is stale, "
-                           f"now {current.etag}); reload it and apply your edit again")
+def write_doc(path: Path, content: str, etag: Optional[str] = None, *, keep_form: bool = False) -> Doc:
+    """Write a doc; with an etag, only if the doc still has it (else StaleEtag, nothing written).
+
+    keep_form: write in the file's own form (its BOM, its line ends), as a save from the page must."""
     try:
-        write_atomic(path, content)  # all or nothing: a failed write leaves the doc as it was
+        raw = read_bytes(path)
+    except CarError:
+        if etag is not None:
+            raise
+        raw = None  # nothing to compare with: the write itself says what is wrong (a directory in its place)
+    current = "" if raw is None else decode_doc(raw, path)  # a UTF-16 doc is refused, never overwritten
+    if etag is not None and etag_of(current) != etag:
+        raise StaleEtag(f"{path.name} changed since it was loaded (etag {etag} is stale, "
+                        f"now {etag_of(current)}); reload it and apply your edit again")
+    if keep_form and "\r" in content:
+        content = content.replace("\r\n", "\n").replace("\r", "\n")  # as the doc reads back: one etag
+    if raw is not None:
+        if content == current:
+            return Doc(current, etag_of(current))  # unchanged: every byte stays, those it cannot show too
+        if "\ufffd" in current:
+            _refuse_lossy_save(path, raw)
+    data = _in_form_of(raw, content) if keep_form else content
+    try:
+        write_atomic(path, data)  # all or nothing: a failed write leaves the doc as it was
     except OSError as exc:  # an immutable doc, a directory in its place, a full disk
         raise write_error(path, exc) from exc
     return Doc(content, etag_of(content))
+
+
+def _refuse_lossy_save(path: Path, raw: bytes) -> None:
+    """A Conflict if the doc holds bytes that are not UTF-8: its text shows them as U+FFFD, and
+    writing that text would replace them for good (the editor cannot carry them back)."""
+    body = raw[len(BOM_UTF8):] if raw.startswith(BOM_UTF8) else raw
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + len(raw) - len(body)
+        line = raw.count(b"\n", 0, offset) + 1
+        raise Conflict(f"{path}:{line}: not UTF-8 text (byte 0x{raw[offset]:02x} at offset {offset}), and saving "
+                       f"would replace it with U+FFFD for good; convert the file to UTF-8 (e.g. iconv -f cp1252 "
+                       f"-t utf-8), then reload and edit again") from None
+
+
+def _in_form_of(raw: Optional[bytes], content: str) -> bytes:
+    """`content` as bytes in the form of the file `raw` came from: its BOM, its most common line end."""
+    if raw is None:
+        return content.encode("utf-8")
+    crlf = raw.count(b"\r\n")
+    lf, cr = raw.count(b"\n") - crlf, raw.count(b"\r") - crlf
+    eol = "\r\n" if crlf > max(lf, cr) else "\r" if cr > max(lf, crlf) else "\n"  # a tie stays \n
+    if eol != "\n":
+        content = content.replace("\n", eol)
+    return (BOM_UTF8 if raw.startswith(BOM_UTF8) else b"") + content.encode("utf-8")

@@ -109,7 +109,8 @@ class RepoApi:
         content = body_field(data, "content", str)
         etag = body_field(data, "etag", str, nullable=True)
         with self._doc_lock:
-            doc = write_doc(config.doc_path(k.value), content, etag)
+            # the page's textarea sends \n line ends and no BOM: the file on disk keeps its own
+            doc = write_doc(config.doc_path(k.value), content, etag, keep_form=True)
         return json_response({k.value: doc.to_json()})
 
     # control ----------------------------------------------------------------------------

@@ -217,17 +217,14 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
     grace = RunnerConfig.kill_grace_seconds
     config, guessed = repo_config_or_defaults(args, f"with the default settings (runner.kill_grace_seconds: {grace:g})")
-    if guessed:  # the run log may be elsewhere (log.path): its run is closed where it is, once the file reads
-        orphan = end_orphaned_run(config)
-        if orphan is not None:
-            print(f"car: {orphan.describe()}; once {CAR_DIR}/{CONFIG_NAME} reads again, `car status` closes "
-                  "that run in its log and history")
-            return 0
-    else:
-        orphan = kill_orphan(config)  # a loop killed -9 (or crashed) left its agent running
-        if orphan is not None:
-            print(f"car: {orphan.describe()}; `car resume` continues the loop")
-            return 0
+    # a loop killed -9 (or crashed) left its agent running. With the config unread, the run log may be
+    # elsewhere (log.path): only the processes are ended, and the run is closed where it is, later
+    orphan = end_orphaned_run(config) if guessed else kill_orphan(config)
+    if orphan is not None:
+        then = (f"once {CAR_DIR}/{CONFIG_NAME} reads again, `car status` closes that run in its log and history"
+                if guessed else "`car resume` continues the loop")
+        print(f"car: {orphan.describe()}; {then}")
+        return 0
     try:
         info = kill_elsewhere(config)
     except Conflict as exc:

@@ -145,14 +145,8 @@ def init_repo(root: Path, force: bool = False, git_init: bool = False) -> InitRe
             raise InitError(f"{root} is not a directory")
         if layout.dir.exists() and not layout.dir.is_dir():
             raise InitError(f"{layout.dir} exists and is not a directory; move it away and init again")
-        top = git.inspect_git(root).top if git_init and not (root / ".git").exists() else None
-        if top is not None:  # a monorepo's directory: `git init` would hide it from the monorepo (a nested repo)
-            report.actions.append(f"git init skipped: already in the git work tree at {top}")
-        elif git_init and not (root / ".git").exists():
-            err = git.git_init(root)
-            if err:
-                raise InitError(f"git init failed in {root}: {err}")
-            report.note(root / ".git", "created")
+        if git_init and not (root / ".git").exists():
+            _git_init(root, report)
         layout.dir.mkdir(exist_ok=True)
         _write_template(layout.gitignore, GITIGNORE_TEXT, force, report)
         _write_config(layout, force, report)
@@ -216,6 +210,19 @@ def init_hub(root: Path) -> InitReport:
         raise InitError(f"cannot initialize the hub at {root}: {exc.strerror} ({exc.filename or root}); "
                         f"fix the permissions or path and init again") from exc
     return report
+
+
+def _git_init(root: Path, report: InitReport) -> None:
+    """`git init` in `root`, unless it is a directory of a larger work tree (a monorepo), which a nested
+    repository would hide it from."""
+    top = git.inspect_git(root).top
+    if top is not None:
+        report.actions.append(f"git init skipped: already in the git work tree at {top}")
+        return
+    err = git.git_init(root)
+    if err:
+        raise InitError(f"git init failed in {root}: {err}")
+    report.note(root / ".git", "created")
 
 
 def describe_git(root: Path, facts: Optional[git.GitFacts] = None) -> Optional[str]:

@@ -77,3 +77,8 @@ def os_error_message(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{what}; check the permissions there (and that the file system is writable), then run again"
     return f"{what}; fix that, then run the command again"
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as one line for a user: a CarError's message; an OSError with its file and what to do."""
+    return os_error_message(exc) if isinstance(exc, OSError) else str(exc)

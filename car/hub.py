@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 from car.bootstrap import init_repo
 from car.config import HubConfig, RepoConfig, load_config
 from car.discovery import find_repos, new_repos
-from car.errors import CarError, ConfigError, Conflict, InitError, LockError, os_error_message
+from car.errors import CarError, ConfigError, Conflict, InitError, LockError, error_line
 from car.feed import Feed
 from car.hub_listing import RepoListing, RepoSlot
 from car.hub_state import HubSnapshot, HubStateFile, RepoEntry
@@ -39,7 +39,6 @@ NOT_RUNNABLE = {
 
 _MISSING, _NEEDS_INIT = RepoStatus.MISSING, (RepoStatus.UNINITIALIZED, RepoStatus.INIT_ERROR)
 _RUNNING = RunStatus.RUNNING.value
-_MAY_HAVE_CRASHED = (RepoStatus.LOCKED, RepoStatus.IDLE)  # what a run nobody runs any more is listed as
 
 
 class HubSupervisor:
@@ -219,10 +218,8 @@ class HubSupervisor:
             if isinstance(config, RepoConfig) and reconcile(config, on_orphan=note):
                 self.log.warning("%s: the last run's owner died; closed it as interrupted", slot.id)
                 return True
-        except CarError as exc:
-            self.log.warning("%s: cannot close its interrupted run: %s", slot.id, exc)
-        except OSError as exc:  # its files cannot be written (a full disk): the next scan or status tries again
-            self.log.warning("%s: cannot close its interrupted run: %s", slot.id, os_error_message(exc))
+        except (CarError, OSError) as exc:  # an OSError: its files cannot be written (a full disk), for now
+            self.log.warning("%s: cannot close its interrupted run: %s", slot.id, error_line(exc))
         finally:
             with self._guard:
                 self._closing.discard(slot.entry.path)
@@ -390,9 +387,7 @@ class HubSupervisor:
         take the kill grace, and the worker publishes every repo's changes. _reconcile judges whether there
         is a run to close."""
         for entry in entries:
-            # a stale lock, or none (a loop whose last writes failed, on a full disk, released it) with a
-            # state that still says running
-            if entry.lock_status is LockStatus.LOCKED_ALIVE or entry.status not in _MAY_HAVE_CRASHED:
+            if entry.lock_status is LockStatus.LOCKED_ALIVE:  # its loop runs (a stale lock, or none, may be left)
                 continue
             with self._guard:
                 slot = self._listing.slots.get(entry.id)

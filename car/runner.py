@@ -10,7 +10,7 @@ from typing import Callable, List, Optional
 from car.agent import end_run_elsewhere
 from car.config import RepoConfig, load_config
 from car.engine import Engine
-from car.errors import CarError, ConfigError, Conflict, os_error_message
+from car.errors import CarError, ConfigError, Conflict, error_line
 from car.feed import Feed
 from car.files import write_atomic
 from car.layout import RepoLayout
@@ -171,7 +171,7 @@ class RepoRunner:
     def _on_done(self, future: Future) -> None:
         exc = None if future.cancelled() else future.exception()
         if exc is not None:
-            self.last_error = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
+            self.last_error = error_line(exc)
             if isinstance(exc, CarError):  # said for a user (a lost lock, a repo moved away): one line
                 self._errors.error("loop of %s stopped: %s", self.config.root, exc)
             elif isinstance(exc, OSError):  # the machine's (a full disk): said as such, traced all the same

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from car.errors import CarError, Conflict, StaleEtag
-from car.files import decode_doc, read_bytes, read_text, write_atomic, write_error
+from car.files import decode_doc, newlines_as_lf, read_bytes, read_text, write_atomic, write_error
 
 
 class DocKind(str, Enum):
@@ -200,8 +200,8 @@ def write_doc(path: Path, content: str, etag: Optional[str] = None, *, keep_form
     if etag is not None and etag_of(current) != etag:
         raise StaleEtag(f"{path.name} changed since it was loaded (etag {etag} is stale, "
                         f"now {etag_of(current)}); reload it and apply your edit again")
-    if keep_form and "\r" in content:
-        content = content.replace("\r\n", "\n").replace("\r", "\n")  # as the doc reads back: one etag
+    if keep_form:
+        content = newlines_as_lf(content)  # as the doc reads back: one etag
     if raw is not None:
         if content == current:
             return Doc(current, etag_of(current))  # unchanged: every byte stays, those it cannot show too

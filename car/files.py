@@ -89,8 +89,12 @@ def decode_doc(raw: bytes, path: Path) -> str:
     write any); a UTF-16 doc is a CarError naming it and the fix."""
     if raw[:2] in UTF16_BOMS:
         raise _utf16_error(path, raw[:2])
-    text = raw.decode(DOC_ENCODING, "replace")
-    # line ends as open()'s universal newlines make them: the counts, the prompt and the etag see one text
+    return newlines_as_lf(raw.decode(DOC_ENCODING, "replace"))
+
+
+def newlines_as_lf(text: str) -> str:
+    """Every line end a \n, as open()'s universal newlines make them: the counts, the prompt and the etag
+    see one text, whichever line ends the file (or a client) used."""
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 

@@ -57,7 +57,7 @@ def parse_todos(text: str) -> TodoCounts:
     # CommonMark's blocks as far as they decide what is hidden: list items (a block inside one ends with
     # it), lazy continuation lines, quotes, headings; where it must guess, it counts an item rather than
     # hide it, since a hidden item ends the loop with work left.
-    done = outstanding = 0
+    ticks = dict.fromkeys((None, " ", "x", "X"), 0)  # by checkbox (None: no item) as the items come
     items: List[int] = []  # content columns of the open list items, outermost first
     block: Optional[str] = None  # the open fence's marker, or _COMMENT_START in a comment block
     bound = 0  # the indent a line needs to stay in that block: the content column of its list item
@@ -75,9 +75,7 @@ def parse_todos(text: str) -> TodoCounts:
                         block = None
                 elif _COMMENT_END in line:  # CommonMark: the block runs to the line holding `-->`
                     block = None
-                    box = _checkbox_after(line, line.find(_COMMENT_END))
-                    outstanding += box == " "
-                    done += box in ("x", "X")
+                    ticks[_checkbox_after(line, line.find(_COMMENT_END))] += 1
                 continue
             block = None  # its list item ended, and the block with it (CommonMark: no lazy lines in blocks)
         if not stripped:
@@ -108,9 +106,7 @@ def parse_todos(text: str) -> TodoCounts:
                 if end < 0:
                     block, bound = _COMMENT_START, inner
                 else:
-                    box = _checkbox_after(line, end)
-                    outstanding += box == " "
-                    done += box in ("x", "X")
+                    ticks[_checkbox_after(line, end)] += 1
                 continue
             elif first == "#" and _HEADING.match(stripped):
                 continue
@@ -129,10 +125,7 @@ def parse_todos(text: str) -> TodoCounts:
         items.append(indent + len(marker) + (width if rest and width <= 4 else 1))
         fence = _FENCE.match(rest) if rest[:1] in ("`", "~") else None
         if box is not None and marker in _BULLETS:
-            if box == " ":
-                outstanding += 1
-            else:
-                done += 1
+            ticks[box] += 1
             paragraph = True
         elif rest.startswith(_COMMENT_START):  # `- <!--`: a comment block as the item's content
             if _COMMENT_END not in rest[2:]:
@@ -141,7 +134,7 @@ def parse_todos(text: str) -> TodoCounts:
             block, bound = fence.group(1), items[-1]
         else:
             paragraph = bool(rest)
-    return TodoCounts(done=done, outstanding=outstanding)
+    return TodoCounts(done=ticks["x"] + ticks["X"], outstanding=ticks[" "])
 
 
 def _starts_block(stripped: str, list_item: Optional[re.Match[str]]) -> bool:

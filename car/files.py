@@ -80,8 +80,13 @@ def read_bytes(path: Path) -> Optional[bytes]:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise CarError(f"{path}: cannot read ({exc.strerror}); fix the file, or the setting in "
-                       f".codex-autorunner/config.yml that names it") from exc
+        raise read_error(path, exc) from exc
+
+
+def read_error(path: Path, exc: OSError) -> CarError:
+    """A doc (or other file config.yml names) that cannot be read, as one line for the user."""
+    return CarError(f"{path}: cannot read ({exc.strerror}); fix the file, or the setting in "
+                    f".codex-autorunner/config.yml that names it")
 
 
 def decode_doc(raw: bytes, path: Path) -> str:

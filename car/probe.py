@@ -12,7 +12,7 @@ from typing import Any, Callable, List, NamedTuple, Optional
 from car.config import DocsConfig, HubConfig, default_text, load_config
 from car.docs import parse_todos
 from car.errors import CarError
-from car.files import decode_doc
+from car.files import decode_doc, read_error
 from car.layout import CAR_DIR, CONFIG_NAME, LOCK_NAME, STATE_NAME
 from car.lock import LockInfo, inspect_lock
 from car.state import state_problem
@@ -32,10 +32,10 @@ TODO_REL = DocsConfig().todo  # where an untouched default config puts it
 UNTRUSTED = -1
 CONFIG_LEN = 5  # + [TODO path (relative to the repo when inside it) or None, error]
 STATE_LEN = 4 + len(STATE_KEYS)  # + [*STATE_KEYS values, error]
-TODO_LEN = 6  # + [done, total, the TODO path it was read from]
+TODO_LEN = 7  # + [done, total, error, the TODO path it was read from]
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 _UNLOCKED = LockInfo(LockStatus.UNLOCKED)
-_NO_TODO = (None, 0, 0, 0, 0, None)  # no TODO file to read: 0 of 0 done
+_NO_TODO = (None, 0, 0, 0, 0, None, None)  # no TODO file to read: 0 of 0 done
 
 
 class RepoFiles(NamedTuple):
@@ -52,7 +52,7 @@ class RepoFiles(NamedTuple):
     stop_reason: Optional[str] = None
     todo_done: int = 0
     todo_total: int = 0
-    error: Optional[str] = None  # an unreadable config or state.json
+    error: Optional[str] = None  # an unreadable config, state.json or TODO
 
 
 NOT_INITIALIZED = RepoFiles(initialized=False)
@@ -102,14 +102,14 @@ class RepoProbe:
             todo = _NO_TODO
         else:
             todo, path = self._todo, todo_rel if todo_rel[:1] == "/" else self._prefix + todo_rel
-            if todo is None or todo[5] != todo_rel or not _unchanged(todo, path):
+            if todo is None or todo[6] != todo_rel or not _unchanged(todo, path):
                 todo = self._todo = self._reread(path, _parse_todo, todo_rel)
         last = self._parts
         if last is not None and config is last[0] and state is last[1] and lock is last[2] and todo is last[3]:
             return self._last
         self._parts = (config, state, lock, todo)
         self._last = RepoFiles(True, lock.status, lock.pid, state[3], state[4], state[5], state[6], state[7],
-                               state[8], todo[3], todo[4], error or state[9])
+                               state[8], todo[3], todo[4], error or state[9] or todo[5])
         return self._last
 
     def export(self) -> Optional[List[Any]]:
@@ -274,12 +274,14 @@ def _parse_state(path: str, data: Any) -> List[Any]:
     return [*(state.get(k) for k in STATE_KEYS), None]
 
 
-def _parse_todo(path: str, data: Any) -> List[int]:
-    """[done, total]."""
-    if not isinstance(data, bytes):
-        return [0, 0]
+def _parse_todo(path: str, data: Any) -> List[Any]:
+    """[done, total, error]: a TODO that a run would refuse (unreadable, UTF-16) is the repo's error."""
+    if isinstance(data, OSError):
+        return [0, 0, str(read_error(Path(path), data))]
+    if data is None:
+        return [0, 0, None]  # no TODO yet: nothing to do, which a run says itself
     try:
         counts = parse_todos(decode_doc(data, Path(path)))  # decoded as every doc read decodes it
-    except CarError:  # a UTF-16 TODO: refused where it is read to run (the listing does not say why yet)
-        return [0, 0]
-    return [counts.done, counts.total]
+    except CarError as exc:
+        return [0, 0, str(exc)]
+    return [counts.done, counts.total, None]

@@ -16,6 +16,7 @@ from car.docs import parse_todos, read_doc, write_doc
 from car.errors import CarError
 from car.files import read_text
 
+from hub_fixtures import git_repos
 from support import PROJECT, car_env, run_car
 from web_fixtures import Served, repo_server
 
@@ -107,6 +108,22 @@ def test_car_status_run_and_doctor_refuse_a_utf16_todo_and_the_agent_never_runs(
         assert "todo_done" not in out and "all checks passed" not in out, (command, out)
     assert not prompt.exists()  # no run started
     assert todo_of(repo).read_bytes() == UTF16["le"]
+
+
+def test_the_hub_lists_a_repo_with_a_utf16_todo_as_error_saying_why(tmp_path: Path) -> None:
+    """It listed 0/0 and idle: a repo that looked done, whose every run is refused."""
+    git_repos(tmp_path, "alpha", "beta")
+    assert run_car("hub", "scan", cwd=tmp_path).returncode == 0
+    todo_of(tmp_path / "alpha").write_bytes(UTF16["le"])
+    done = run_car("hub", "status", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    repos = {r["id"]: r for r in json.loads(done.stdout)["repos"]}
+    assert repos["alpha"]["status"] == "error", repos["alpha"]
+    assert repos["alpha"]["error"].startswith(f"{todo_of(tmp_path / 'alpha').resolve()}: saved as UTF-16")
+    assert (repos["beta"]["status"], repos["beta"]["error"]) == ("idle", None)
+    todo_of(tmp_path / "alpha").write_text("- [x] one\n- [ ] two\n")  # saved as UTF-8: fine again
+    repos = {r["id"]: r for r in json.loads(run_car("hub", "status", "--json", cwd=tmp_path).stdout)["repos"]}
+    assert (repos["alpha"]["status"], repos["alpha"]["error"], repos["alpha"]["todo_done"]) == ("idle", None, 1)
 
 
 def test_the_api_refuses_to_show_or_overwrite_a_utf16_doc(served: Served, repo: Path) -> None:

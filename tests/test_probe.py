@@ -106,3 +106,19 @@ def test_a_lock_is_judged_on_every_read(tmp_path: Path):
     assert probe.read().lock_status.value == "locked_stale"
     RepoLayout(root).lock.unlink()
     assert probe.read().lock_status.value == "unlocked"
+
+
+def test_a_todo_that_cannot_be_read_is_the_repos_error_and_is_read_again_once_fixed(tmp_path: Path):
+    root = make(tmp_path)
+    todo = root / ".codex-autorunner" / "TODO.md"
+    todo.unlink()
+    todo.symlink_to(todo.name)  # a loop: ELOOP, an OSError other than "not there", even for root
+    probe = RepoProbe(str(root))
+    files = probe.read()
+    assert files.error.startswith(f"{root}/.codex-autorunner/TODO.md: cannot read (Too many levels of symbolic "
+                                  "links); fix the file, or the setting in .codex-autorunner/config.yml")
+    assert (files.todo_done, files.todo_total) == (0, 0)
+    todo.unlink()
+    todo.write_text("- [x] a\n- [ ] b\n")
+    files = probe.read()
+    assert (files.error, files.todo_done, files.todo_total) == (None, 1, 2)

@@ -33,14 +33,23 @@ def doctor(config: RepoConfig) -> int:
     print(f"ok    config {RepoLayout(config.root).config} (version 2, mode repo)")
     for warning in config.warnings:
         print(f"warn  {warning}")
+    todos = None
     for kind in DocKind:
         path = config.doc_path(kind.value)
-        bad = (f"doc {kind.value}: {path} is not a file (a directory?); move it away and run `car init`"
-               if path.exists() else f"doc {kind.value} missing: {path} (run `car init` to create it, or fix "
-               f"docs.{kind.value})")
-        check(path.is_file(), f"doc {kind.value}: {path}", bad)
-    if config.doc_path("todo").is_file():
-        todos = parse_todos(read_text(config.doc_path("todo")))
+        if not path.is_file():
+            check(False, "", f"doc {kind.value}: {path} is not a file (a directory?); move it away and run "
+                  "`car init`" if path.exists() else f"doc {kind.value} missing: {path} (run `car init` to "
+                  f"create it, or fix docs.{kind.value})")
+            continue
+        try:  # as a run reads it: a doc a run would refuse (UTF-16, unreadable) fails here; the checks go on
+            text = read_text(path)
+        except CarError as exc:
+            check(False, "", str(exc))
+            continue
+        check(True, f"doc {kind.value}: {path}", "")
+        if kind is DocKind.TODO:
+            todos = parse_todos(text)
+    if todos is not None:
         print(f"info  TODO: {todos.done} done, {todos.outstanding} outstanding")
     try:
         binary = resolve_binary(config.codex.binary, config.root)

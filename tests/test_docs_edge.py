@@ -110,6 +110,24 @@ def test_car_status_run_and_doctor_refuse_a_utf16_todo_and_the_agent_never_runs(
     assert todo_of(repo).read_bytes() == UTF16["le"]
 
 
+def test_doctor_fails_each_utf16_doc_and_goes_on_with_the_other_checks(repo: Path) -> None:
+    """It stopped at the first one with `car: ...`, hiding every check after it (and never read SPEC)."""
+    spec = repo / ".codex-autorunner" / "SPEC.md"
+    todo_of(repo).write_bytes(UTF16["le"])
+    spec.write_bytes(UTF16["be"])
+    done = run_car("doctor", cwd=repo)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 1 and not done.stderr, done.stdout + done.stderr
+    assert [line[:6] for line in lines if "UTF-16" in line] == ["FAIL  ", "FAIL  "], lines
+    assert any(line.startswith(f"FAIL  {spec}: saved as UTF-16") for line in lines), lines
+    assert "ok    doc progress: " in done.stdout and "ok    git repository" in done.stdout
+    assert "info  TODO" not in done.stdout and lines[-1] == "2 problem(s) found"
+    todo_of(repo).write_text("- [x] one\n- [ ] two\n")
+    spec.write_text("# spec\n")
+    again = run_car("doctor", cwd=repo)
+    assert "info  TODO: 1 done, 1 outstanding" in again.stdout, again.stdout + again.stderr
+
+
 def test_the_hub_lists_a_repo_with_a_utf16_todo_as_error_saying_why(tmp_path: Path) -> None:
     """It listed 0/0 and idle: a repo that looked done, whose every run is refused."""
     git_repos(tmp_path, "alpha", "beta")

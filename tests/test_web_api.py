@@ -19,6 +19,7 @@ from car.errors import UsageError
 from car.layout import RepoLayout
 from car.lock import acquire_lock, release_lock
 from car.runner import RepoRunner
+from car.web.handler import Handler
 from car.web.router import json_response, route
 from car.web.server import make_server, serve_repo, start_in_thread
 
@@ -363,6 +364,27 @@ def test_body_over_the_limit_is_413_before_reading_it(served):
         conn.close()
     assert head.startswith("HTTP/1.1 413") and '"payload_too_large"' in head
     assert served.client.call("POST", "/api/run/stop", headers={"Content-Length": "x"}).status == 400
+
+
+@pytest.mark.parametrize("stall", [True, False])
+def test_a_body_cut_short_is_a_400_counting_the_bytes_that_came(served, monkeypatch, stall):
+    """QA: a body that stalled after 40 bytes was reported as 0 received."""
+    monkeypatch.setattr(Handler, "timeout", 1)  # the socket timeout that ends a stalled read (30 s)
+    conn = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+    try:
+        conn.sendall(f"PUT /api/docs/todo HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n"
+                     f"Authorization: Bearer {served.client.token}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 40)
+        if not stall:
+            conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    finally:
+        conn.close()
+    how = "stalled (nothing more for 1 s)" if stall else "ended"
+    assert reply.startswith(b"HTTP/1.1 400") and f"request body {how} after 40 of 100 bytes".encode() in reply, reply
+    assert served.client.get("/api/state").status == 200
 
 
 def test_a_body_over_the_limit_that_expects_100_continue_is_refused_without_it(served):

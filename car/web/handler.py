@@ -221,14 +221,24 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body stays unread: this connection is done
             raise self._too_large(length)
         self._body_read = True
-        try:
-            body = self.rfile.read(length) if length else b""
-        except OSError:  # a client that stalls mid-body (the socket timeout) or drops
-            body = b""
-        if len(body) != length:
+        chunks: List[bytes] = []
+        got, how = 0, "ended"
+        while got < length:
+            try:  # read1 by read1: what had arrived is counted even when the next read times out
+                chunk = self.rfile.read1(length - got)
+            except socket.timeout:  # TimeoutError from Python 3.10
+                how = f"stalled (nothing more for {self.timeout} s)"
+                break
+            except OSError:  # the client dropped the connection: nobody reads the answer
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got != length:
             self.close_connection = True
-            raise BadRequest(f"request body ended after {len(body)} of {length} bytes")
-        return body
+            raise BadRequest(f"request body {how} after {got} of {length} bytes")
+        return b"".join(chunks)
 
     # output -----------------------------------------------------------------------------
     def _send(self, resp: Response) -> None:

@@ -142,7 +142,7 @@ def init_repo(root: Path, force: bool = False, git_init: bool = False) -> InitRe
     report = InitReport(root)
     try:
         if not root.is_dir():
-            raise InitError(f"{root} is not a directory")
+            raise InitError(f"{root} is not a directory; init a directory (a git repository)")
         if layout.dir.exists() and not layout.dir.is_dir():
             raise InitError(f"{layout.dir} exists and is not a directory; move it away and init again")
         if git_init and not (root / ".git").exists():
@@ -221,7 +221,8 @@ def _git_init(root: Path, report: InitReport) -> None:
         return
     err = git.git_init(root)
     if err:
-        raise InitError(f"git init failed in {root}: {err}")
+        raise InitError(f"git init failed in {root}: {err}; fix that, or run `git init` there yourself, "
+                        "then init again")
     report.note(root / ".git", "created")
 
 

@@ -33,7 +33,7 @@ NOT_RUNNABLE = {
     RepoStatus.MISSING: "{id}: {path} is missing on disk; restore it, or remove the entry from {manifest}",
     RepoStatus.UNINITIALIZED: "{id} is not initialized; init it first (`car hub scan` or POST "
                               "/hub/repos/{id}/init)",
-    RepoStatus.INIT_ERROR: "{id}: init failed: {error}; fix that and init it again",
+    RepoStatus.INIT_ERROR: "{id}: init failed: {error}",  # every init error says its own fix
     RepoStatus.INITIALIZING: "{id} is being initialized; try again in a moment",
 }
 
@@ -242,7 +242,7 @@ class HubSupervisor:
         except CarError as exc:
             error = str(exc)
         except OSError as exc:  # init_repo turns most into InitError; this is the rest
-            error = f"cannot initialize {slot.root}: {exc}"
+            error = f"cannot initialize {slot.root}: {error_line(exc)}"
         with self._guard:
             slot.initializing, slot.init_error = False, error
             slot.probe.forget()

@@ -134,6 +134,7 @@ def test_a_failed_init_is_a_409_naming_the_repo_and_the_fix_and_the_list_says_in
     assert "is not a directory; move it away" in message
     entry = served.entry("gamma")  # at once: the list is not served from before the init
     assert entry["status"] == "init_error" and "is not a directory" in entry["error"]
+    assert message == f"gamma: init failed: {entry['error']}"  # its fix said once, not twice
     (hub_root / "gamma" / ".codex-autorunner").unlink()
     retried = served.client.post("/hub/repos/gamma/init")
     assert retried.status == 200 and retried.json["repo"]["status"] == "idle"

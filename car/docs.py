@@ -179,10 +179,9 @@ def read_doc(path: Path) -> Doc:
     return Doc(content, etag_of(content))
 
 
-def write_doc(path: Path, content: str, etag: Optional[str] = None, *, keep_form: bool = False) -> Doc:
-    """Write a doc; with an etag, only if the doc still has it (else StaleEtag, nothing written).
-
-    keep_form: write in the file's own form (its BOM, its line ends), as a save from the page must."""
+def write_doc(path: Path, content: str, etag: Optional[str] = None) -> Doc:
+    """Write a doc in the file's own form (its BOM, its line ends); with an etag, only if the doc still
+    has it (else StaleEtag, nothing written)."""
     try:
         raw = read_bytes(path)
     except CarError:
@@ -193,16 +192,14 @@ def write_doc(path: Path, content: str, etag: Optional[str] = None, *, keep_form
     if etag is not None and etag_of(current) != etag:
         raise StaleEtag(f"{path.name} changed since it was loaded (etag {etag} is stale, "
                         f"now {etag_of(current)}); reload it and apply your edit again")
-    if keep_form:
-        content = newlines_as_lf(content)  # as the doc reads back: one etag
+    content = newlines_as_lf(content)  # as the doc reads back: one etag
     if raw is not None:
         if content == current:
             return Doc(current, etag_of(current))  # unchanged: every byte stays, those it cannot show too
         if "\ufffd" in current:
             _refuse_lossy_save(path, raw)
-    data = _in_form_of(raw, content) if keep_form else content
     try:
-        write_atomic(path, data)  # all or nothing: a failed write leaves the doc as it was
+        write_atomic(path, _in_form_of(raw, content))  # all or nothing: a failed write leaves the doc as it was
     except OSError as exc:  # an immutable doc, a directory in its place, a full disk
         raise write_error(path, exc) from exc
     return Doc(content, etag_of(content))

@@ -78,7 +78,7 @@ def test_a_leading_bom_is_not_part_of_a_doc_and_its_etag_still_works(tmp_path: P
     doc = read_doc(path)
     assert doc.content == "- [ ] only item\n" and parse_todos(doc.content).outstanding == 1
     assert write_doc(path, "- [x] only item\n", etag=doc.etag).content == "- [x] only item\n"
-    assert path.read_bytes() == b"- [x] only item\n"  # written back through the API: the BOM is gone
+    assert path.read_bytes() == b"\xef\xbb\xbf- [x] only item\n"  # the file keeps its BOM
 
 
 def test_missing_doc_reads_empty(tmp_path: Path) -> None:

@@ -212,11 +212,11 @@ def test_crlf_sent_by_a_client_is_written_in_the_files_style_and_its_etag_holds(
     (b"a\n", "A\n", b"A\n"),
     (b"", "- [ ] new\n", b"- [ ] new\n"),
 ])
-def test_keep_form_writes_in_the_files_bom_and_line_ends(tmp_path: Path, raw: bytes, content: str,
+def test_a_write_keeps_the_files_bom_and_line_ends(tmp_path: Path, raw: bytes, content: str,
                                                          expected: bytes) -> None:
     path = tmp_path / "TODO.md"
     path.write_bytes(raw)
-    doc = write_doc(path, content, read_doc(path).etag, keep_form=True)
+    doc = write_doc(path, content, read_doc(path).etag)
     assert path.read_bytes() == expected and read_doc(path) == doc
 
 
@@ -226,7 +226,7 @@ def test_an_unchanged_save_of_a_mixed_line_end_file_writes_nothing(tmp_path: Pat
     path.write_bytes(raw)
     before = path.stat().st_mtime_ns, path.stat().st_ino
     doc = read_doc(path)
-    assert write_doc(path, doc.content, doc.etag, keep_form=True) == doc
+    assert write_doc(path, doc.content, doc.etag) == doc
     assert path.read_bytes() == raw and (path.stat().st_mtime_ns, path.stat().st_ino) == before
 
 
@@ -239,4 +239,4 @@ def test_a_save_without_an_etag_never_overwrites_a_utf16_doc(served: Served, rep
 
 def test_a_missing_doc_is_created_by_a_save(tmp_path: Path) -> None:
     path = tmp_path / "TODO.md"
-    assert write_doc(path, "", keep_form=True).content == "" and path.read_bytes() == b""
+    assert write_doc(path, "").content == "" and path.read_bytes() == b""

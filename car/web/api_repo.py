@@ -110,7 +110,7 @@ class RepoApi:
         etag = body_field(data, "etag", str, nullable=True)
         with self._doc_lock:
             # the page's textarea sends \n line ends and no BOM: the file on disk keeps its own
-            doc = write_doc(config.doc_path(k.value), content, etag, keep_form=True)
+            doc = write_doc(config.doc_path(k.value), content, etag)
         return json_response({k.value: doc.to_json()})
 
     # control ----------------------------------------------------------------------------

@@ -224,12 +224,16 @@ def read_config_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror}); make it a readable file, then run "
-                          "again") from exc
+        raise unreadable_config(path, exc) from exc
     except UnicodeDecodeError as exc:
         line = exc.object.count(b"\n", 0, exc.start) + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
                           f"{exc.start}); save the file as UTF-8") from None
+
+
+def unreadable_config(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"{path}: cannot read config ({exc.strerror}); make it a readable file (check its "
+                       "directory's permissions too), then run again")
 
 
 def says_hub_mode(path: Path) -> Optional[bool]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, List, NamedTuple, Optional
 
-from car.config import DocsConfig, HubConfig, default_text, load_config
+from car.config import DocsConfig, HubConfig, default_text, load_config, unreadable_config
 from car.docs import parse_todos
 from car.errors import CarError
 from car.files import decode_doc, read_error
@@ -147,8 +147,8 @@ class RepoProbe:
             os.stat(path)
         except _MISSING:
             return _UNLOCKED
-        except OSError:
-            return LockInfo(LockStatus.LOCKED_STALE)
+        except OSError:  # its directory cannot be searched: no lock can be seen, and the config read
+            return _UNLOCKED  # fails the same way, so the repo is listed as the error it is
         try:  # a lock is re-read every time: its owner may have died since
             return inspect_lock(Path(path))
         except OSError:  # there, but unreadable: nobody can prove they own it
@@ -227,7 +227,7 @@ def _good_read(read: Any, length: int) -> bool:
 def _parse_config(path: str, data: Any) -> List[Optional[str]]:
     """[TODO path (relative to the repo when inside it), error]; [None, None] without a config."""
     if isinstance(data, OSError):
-        return [None, f"{path}: cannot read ({data.strerror})"]
+        return [None, str(unreadable_config(Path(path), data))]
     if data is None:
         return [None, None]
     if data.decode("utf-8", "replace") == default_text("repo"):
@@ -261,7 +261,7 @@ def _read_all(fd: int, size: int) -> bytes:
 def _parse_state(path: str, data: Any) -> List[Any]:
     """[*STATE_KEYS values, error]."""
     if isinstance(data, OSError):
-        return [*(None for _ in STATE_KEYS), f"{path}: cannot read ({data.strerror})"]
+        return [*(None for _ in STATE_KEYS), f"{path}: cannot read ({data.strerror}); fix its permissions or delete it"]
     if data is None:
         return [*(None for _ in STATE_KEYS), None]
     try:

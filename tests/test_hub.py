@@ -106,7 +106,8 @@ def test_an_init_error_stays_with_its_repo_and_can_be_retried(tmp_path: Path):
         assert hub.init("file").status.value == "idle"
         with pytest.raises(InitError, match=r"^dirconf: init failed: .*config\.yml: cannot read config") as err:
             hub.init("dirconf")  # a failed init is an error, not an entry that looks like an answer
-        assert str(err.value).endswith("(Is a directory); make it a readable file, then run again")  # one fix
+        assert str(err.value).endswith("(Is a directory); make it a readable file (check its directory's "
+                                       "permissions too), then run again")  # one fix
         assert hub.repo("dirconf").status.value == "init_error"
     saved = {r["id"]: r for r in json.loads(HubLayout(root).hub_state.read_text())["repos"]}
     assert saved["dirconf"]["status"] == "init_error" and saved["file"]["status"] == "idle"

@@ -11,7 +11,8 @@ from car.layout import RepoLayout
 from car.probe import NOT_INITIALIZED, RepoProbe
 from car.state import RepoState, save_state
 
-from support import backdate, make_git_repo, update_config, write_todo
+from hub_fixtures import git_repos
+from support import backdate, make_git_repo, run_car, update_config, write_todo
 
 
 def make(tmp_path: Path) -> Path:
@@ -122,3 +123,21 @@ def test_a_todo_that_cannot_be_read_is_the_repos_error_and_is_read_again_once_fi
     todo.write_text("- [x] a\n- [ ] b\n")
     files = probe.read()
     assert (files.error, files.todo_done, files.todo_total) == (None, 1, 2)
+
+
+def test_a_car_dir_that_cannot_be_searched_is_an_error_not_a_stale_lock(tmp_path: Path):
+    """QA: a repo whose .codex-autorunner could not be read (chmod 000, as a user) was listed
+    `locked_stale`, pointing at `car resume`. A symlink loop fails the same way, even for root."""
+    git_repos(tmp_path, "alpha")
+    assert run_car("hub", "scan", cwd=tmp_path).returncode == 0
+    car_dir = tmp_path / "alpha" / ".codex-autorunner"
+    car_dir.rename(tmp_path / "alpha" / "kept")
+    car_dir.symlink_to(car_dir.name)
+    files = RepoProbe(str(tmp_path / "alpha")).read()
+    assert files.lock_status.value == "unlocked"
+    assert files.error.startswith(f"{car_dir}/config.yml: cannot read config (Too many levels of symbolic links); "
+                                  "make it a readable file")
+    done = run_car("hub", "status", "--json", cwd=tmp_path)
+    entry = json.loads(done.stdout)["repos"][0]
+    assert (entry["status"], entry["lock_status"]) == ("error", "unlocked"), entry
+    assert "cannot read config (Too many levels of symbolic links)" in entry["error"]

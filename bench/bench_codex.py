@@ -105,6 +105,7 @@ def bench(runs: int, warmup: int, script_name: str, real_home: bool, loop_runs: 
             f"car run ({loop_runs} runs)": side(clean, pyz, "run", cwd=loop_repo),
             "clean python -c pass": side(clean, "-c", "pass"),
             "python + car's stdlib": side(clean, "-c", STDLIB),
+            "car --version (clean)": side(clean, pyz, "--version"),
         }
         times: Dict[str, List[float]] = {name: [] for name in sides}
         for i in range(warmup + runs):
@@ -133,6 +134,15 @@ def bench(runs: int, warmup: int, script_name: str, real_home: bool, loop_runs: 
     per_run = (statistics.median(loop) / loop_runs - statistics.median(alone)) * 1000
     print(f"added by car run (clean venv), {loop_runs} runs in one loop: median {per_run:+7.1f} ms per run "
           f"(its start shared by {loop_runs} runs)")
+    if loop_runs > 1:  # a loop of N runs less a loop of one (car once), per extra run: what each run adds
+        marginal = ((statistics.median(loop) - statistics.median(times["car once (clean venv)"])) / (loop_runs - 1)
+                    - statistics.median(alone)) * 1000
+        print(f"added by each further run of a loop (car run less car once, per run): median {marginal:+7.1f} ms")
+    python_start = statistics.median(times["clean python -c pass"])
+    start = statistics.median(times["car --version (clean)"]) - python_start
+    print(f"starting car.pyz at all (car --version less python -c pass): {start * 1000:.1f} ms; so "
+          f"{(python_start + floor + start) * 1000:.1f} ms go before car's own modules load (python's start, "
+          "car's stdlib modules, the pyz)")
 
 
 def in_process_runner(repo: Path, agent_env: Dict[str, str]) -> Callable[[], None]:

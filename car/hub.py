@@ -326,7 +326,7 @@ class HubSupervisor:
             return runner
 
     def run(self, repo_id: str, once: bool = False) -> RepoEntry:
-        self.runner(repo_id, starting=True).start(once=once)
+        self.runner(repo_id, starting=True).start(once=once, name=repo_id)
         self.log.info("run %s%s", repo_id, " (once)" if once else "")
         return self.repo(repo_id)
 
@@ -336,7 +336,7 @@ class HubSupervisor:
         return self.repo(repo_id)
 
     def resume(self, repo_id: str, once: bool = False) -> RepoEntry:
-        self.runner(repo_id, starting=True).resume(once=once)
+        self.runner(repo_id, starting=True).resume(once=once, name=repo_id)
         self.log.info("resume %s%s", repo_id, " (once)" if once else "")
         return self.repo(repo_id)
 

@@ -77,16 +77,16 @@ class RepoRunner:
         with self._guard:
             return self._future is not None and not self._future.done()
 
-    def start(self, once: bool = False) -> None:
+    def start(self, once: bool = False, name: Optional[str] = None) -> None:
         """Start the loop; Conflict if running here, LockError if another process holds the lock (or
         it cannot be made), AgentError if the agent binary is missing: refused here, never reported
-        as started."""
+        as started. `name`: what the refusal calls the repo (the hub's id; else its directory's name)."""
         # outside the guard: ending a dead loop's orphan may take the kill grace, and the hub's
         # listing waits on the guard (`active`); a loop running here holds a live lock: a no-op
         reconcile(self.config, on_orphan=self._note_orphan)
         with self._guard:
             if self._future is not None and not self._future.done():
-                raise Conflict(ALREADY_RUNNING.format(name=self.config.root.name))
+                raise Conflict(ALREADY_RUNNING.format(name=name or self.config.root.name))
             self._reload_config()
             engine = Engine(self.config, log=self.log, on_change=self._on_change)
             engine.take_lock()
@@ -109,14 +109,14 @@ class RepoRunner:
             self.log = open_run_log(config, self.feed)
         self.config = config
 
-    def resume(self, once: bool = False) -> None:
+    def resume(self, once: bool = False, name: Optional[str] = None) -> None:
         """End what a dead loop left running, close its run, clear its stale lock (never a live
         one), and start."""
         if self.active:  # its live lock is this process's: say so, not "held by pid <ours>"
-            raise Conflict(ALREADY_RUNNING.format(name=self.config.root.name))
+            raise Conflict(ALREADY_RUNNING.format(name=name or self.config.root.name))
         reconcile(self.config, on_orphan=self._note_orphan)
         clear_stale_lock(self.layout.lock)
-        self.start(once=once)
+        self.start(once=once, name=name)
 
     def request_stop(self) -> None:
         engine = self._current_engine()

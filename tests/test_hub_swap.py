@@ -72,8 +72,10 @@ def test_controls_through_a_swapped_id_reach_the_loop_in_its_directory(
             hub.stop("alpha")  # alpha names beta's idle directory: never the loop in alpha's
         with pytest.raises(Conflict, match=f"no loop is running in {root / 'beta'}; nothing to kill"):
             hub.kill("alpha")
-        with pytest.raises(Conflict, match="already running"):
+        with pytest.raises(Conflict, match=r"^beta is already running$"):  # the id asked, not "alpha"
             hub.run("beta")  # a second loop in the directory that has one: refused, as here before
+        with pytest.raises(Conflict, match=r"^beta is already running$"):
+            hub.resume("beta")
         assert all(pid_alive(p) for p in pids) and not RepoLayout(root / "alpha").stop.exists()
         assert not RepoLayout(root / "beta").lock.exists()
         seq = hub.events.seq

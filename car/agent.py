@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple, TypeVar, Union
+from typing import Callable, Deque, Iterator, List, Optional, Tuple, TypeVar, Union
 
 from car.errors import AgentError
 
@@ -22,6 +23,11 @@ TOKEN_VAR = "CAR_RUN_TOKEN"
 # lost. Memory follows the line as read, not this bound.
 MAX_LINE_BYTES = 8 * 1024 * 1024
 SWEEP_GRACE_SECONDS = 1.0  # between the sweep's SIGTERM and its SIGKILL
+# Lines read but not yet logged. At the bound the reader waits, the pipe fills, and the agent waits on
+# its writes: an agent printing faster than car logs (`yes`) is slowed to car's pace, memory stays
+# bounded, and a kill or a timeout never waits behind a backlog. 10,000 lines are logged in ~0.2 s.
+MAX_QUEUED_LINES = 10_000
+MAX_QUEUED_CHARS = 32 * 1024 * 1024  # a few lines of Codex events can be megabytes each
 T = TypeVar("T")
 
 
@@ -56,12 +62,55 @@ def resolve_binary(binary: str, cwd: Path) -> str:
     raise AgentError(f"agent binary '{binary}' not found on PATH{note}; install it or {fix}")
 
 
+class Outbox:
+    """What the agent's threads tell the loop: its lines in order, bounded (the reader waits while
+    the loop is behind), and events (exited, interrupt) that go ahead of any lines still waiting."""
+
+    def __init__(self, max_lines: int = MAX_QUEUED_LINES, max_chars: int = MAX_QUEUED_CHARS) -> None:
+        self._cond = threading.Condition()
+        self._lines: Deque[Union[str, tuple]] = collections.deque()
+        self._events: Deque[tuple] = collections.deque()
+        self._chars = 0
+        self._max_lines, self._max_chars = max_lines, max_chars
+
+    def put_line(self, item: Union[str, tuple]) -> None:
+        """A line (or EOF, after the last one); waits while the loop is behind by the bound."""
+        with self._cond:
+            while self._lines and (len(self._lines) >= self._max_lines or self._chars >= self._max_chars):
+                self._cond.wait()
+            self._lines.append(item)
+            self._chars += len(item) if isinstance(item, str) else 0
+            self._cond.notify_all()
+
+    def put_event(self, item: tuple) -> None:
+        """An event, delivered before the lines still waiting; never waits."""
+        with self._cond:
+            self._events.append(item)
+            self._cond.notify_all()
+
+    def get(self, timeout: Optional[float] = None) -> Union[str, tuple]:
+        """The next event, else the next line; queue.Empty after `timeout` seconds with neither."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._events or self._lines, timeout):
+                raise queue.Empty
+            if self._events:
+                return self._events.popleft()
+            item = self._lines.popleft()
+            self._chars -= len(item) if isinstance(item, str) else 0
+            self._cond.notify_all()  # the reader may be waiting for room
+            return item
+
+    def has_lines(self) -> bool:
+        with self._cond:
+            return bool(self._lines)
+
+
 class AgentProcess:
-    """One run of the agent. Lines, exit and interrupts arrive on one queue (no polling)."""
+    """One run of the agent. Lines, exit and interrupts arrive in one outbox (no polling)."""
 
     def __init__(self, popen: subprocess.Popen, token: str) -> None:
         self.popen, self.token = popen, token
-        self.items: "queue.Queue[Union[str, tuple]]" = queue.Queue()
+        self.items = Outbox()
         self._threads = [threading.Thread(target=self._read, daemon=True, name=f"agent-out-{popen.pid}"),
                          threading.Thread(target=self._wait, daemon=True, name=f"agent-wait-{popen.pid}")]
         for t in self._threads:
@@ -88,17 +137,17 @@ class AgentProcess:
         stdout = self.popen.stdout
         assert stdout is not None
         for raw in iter(lambda: stdout.readline(MAX_LINE_BYTES), b""):
-            self.items.put(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+            self.items.put_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
         stdout.close()
-        self.items.put((Event.EOF,))
+        self.items.put_line((Event.EOF,))
 
     def _wait(self) -> None:
         self.popen.wait()
-        self.items.put((Event.EXITED,))
+        self.items.put_event((Event.EXITED,))
 
     def interrupt(self) -> None:
-        """Ask whoever reads the queue to end the run; safe from any thread."""
-        self.items.put((Event.INTERRUPT,))
+        """Ask whoever reads the outbox to end the run; safe from any thread."""
+        self.items.put_event((Event.INTERRUPT,))
 
     def exit_code(self) -> Optional[int]:
         code = self.popen.poll()
@@ -106,16 +155,10 @@ class AgentProcess:
             return 128 - code  # killed by a signal: report it as a shell would
         return code
 
-    def terminate(self, grace_seconds: float) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL to the group, then sweep by the run's marker."""
-        steps = [(signal.SIGINT, grace_seconds / 2), (signal.SIGTERM, grace_seconds / 2)]
-        for sig, wait in steps:
-            if self.popen.poll() is not None:
-                break
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the agent's group while its leader runs (ending_steps says which, when)."""
+        if self.popen.poll() is None:
             signal_group(self.popen.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(wait)
-        self.clean_up()
 
     def clean_up(self) -> None:
         """End whatever of the run is left (the leader has exited or is being killed)."""
@@ -124,6 +167,13 @@ class AgentProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(5)
         sweep_token(self.token, grace_seconds=0)
+
+
+def ending_steps(now: float, grace_seconds: float) -> List[Tuple[float, Optional[int]]]:
+    """How a run is ended, as (when, signal) from `now`: SIGINT (Codex ends its turn and tools
+    cleanly), SIGTERM half the grace later, then (None) clean_up: SIGKILL and the sweep by marker.
+    The loop takes the steps as their times come and logs the agent's lines in between."""
+    return [(now, signal.SIGINT), (now + grace_seconds / 2, signal.SIGTERM), (now + grace_seconds, None)]
 
 
 def new_token() -> str:

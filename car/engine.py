@@ -8,10 +8,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
 from car import git
-from car.agent import AgentProcess, Event, new_token, resolve_binary
+from car.agent import AgentProcess, Event, ending_steps, new_token, resolve_binary
 from car.codex_events import OutputReader, TokenUsage, make_reader
 from car.config import RepoConfig
 from car.docs import DocKind, TodoCounts, parse_todos
@@ -402,40 +402,40 @@ class Engine:
 
     def _pump(self, agent: AgentProcess, run_id: int, reader: OutputReader,
               wall_deadline: Optional[float]) -> Optional[StopReason]:
-        """Log the agent's lines until it has exited and its output is read, enforcing the watchdogs."""
-        runner = self.config.runner
+        """Log the agent's lines until it has exited and its output is read, enforcing the watchdogs.
+
+        The watchdogs are checked before every item, not only when the agent is quiet: one that prints
+        without pause is still ended on time. Ending it takes steps (ending_steps) as their times come,
+        logging its lines in between, as they arrive."""
         start = last_output = self._clock()
         end_reason: Optional[StopReason] = None
         exited = eof = cleaned = False
         drain_until: Optional[float] = None
+        ending: List[Tuple[float, Optional[int]]] = []  # the steps still to take
         # an agent may close its stdout and work on (a wrapper that sends its output to a file): the
         # run lasts until it exits, under the same watchdogs (no output counts as idle)
         while not (eof and exited):
             now = self._clock()
-            deadlines = []
-            if end_reason is None:
-                if runner.run_timeout_seconds:
-                    deadlines.append((start + runner.run_timeout_seconds, StopReason.RUN_TIMEOUT))
-                if runner.idle_timeout_seconds:
-                    deadlines.append((last_output + runner.idle_timeout_seconds, StopReason.IDLE_TIMEOUT))
-                if wall_deadline is not None:
-                    deadlines.append((wall_deadline, StopReason.WALLCLOCK))
-            if drain_until is not None:
-                deadlines.append((drain_until, None))
-            soonest = min(deadlines, key=lambda d: d[0]) if deadlines else None
+            watchdog = self._soonest_watchdog(start, last_output, wall_deadline) if end_reason is None else None
+            if watchdog is not None and watchdog[0] <= now:
+                end_reason, watchdog = watchdog[1], None
+                ending = self._begin_end(agent, end_reason, end_reason.value.replace("_", " "), run_id, exited)
+            while ending and ending[0][0] <= now:
+                step = ending.pop(0)[1]
+                if step is None:
+                    agent.clean_up()
+                else:
+                    agent.signal(step)
+            wakes = [t for t in (watchdog[0] if watchdog else None, ending[0][0] if ending else None, drain_until)
+                     if t is not None]
             try:
-                item = agent.items.get(timeout=max(0.0, soonest[0] - now) if soonest else None)
+                item = agent.items.get(timeout=max(0.0, min(wakes) - now) if wakes else None)
             except queue.Empty:
-                assert soonest is not None
-                if soonest[1] is None:  # exited, but an orphan still holds stdout: end it
+                if drain_until is not None and self._clock() >= drain_until:  # exited; an orphan holds stdout
                     if cleaned:
                         break
                     agent.clean_up()
                     cleaned, drain_until = True, self._clock() + 5
-                    continue
-                end_reason = soonest[1]
-                self.log.write(f"car: {end_reason.value.replace('_', ' ')}: ending the agent", run_id)
-                agent.terminate(runner.kill_grace_seconds)
                 continue
             if isinstance(item, str):
                 last_output = self._clock()
@@ -446,8 +446,33 @@ class Engine:
             elif item[0] == Event.EXITED:
                 exited = True
                 drain_until = self._clock() + DRAIN_SECONDS
+                if ending:  # being ended: what it left behind goes now, not after the drain
+                    ending = []
+                    agent.clean_up()
             elif item[0] == Event.INTERRUPT and end_reason is None:
                 end_reason = self._kill_reason or StopReason.KILLED
-                self.log.write(f"car: {end_reason.value}: ending the agent", run_id)
-                agent.terminate(self.config.runner.kill_grace_seconds)
+                ending = self._begin_end(agent, end_reason, end_reason.value, run_id, exited)
         return end_reason
+
+    def _begin_end(self, agent: AgentProcess, reason: StopReason, why: str, run_id: int,
+                   exited: bool) -> List[Tuple[float, Optional[int]]]:
+        """Say why the agent is being ended and take the first step; the steps left to take."""
+        self.log.write(f"car: {why}: ending the agent", run_id)
+        if exited:
+            return []
+        steps = ending_steps(self._clock(), self.config.runner.kill_grace_seconds)
+        agent.signal(steps.pop(0)[1])  # SIGINT, at once
+        return steps
+
+    def _soonest_watchdog(self, start: float, last_output: float,
+                          wall_deadline: Optional[float]) -> Optional[Tuple[float, StopReason]]:
+        """The watchdog that comes first: (its deadline, the reason it ends the run), or None."""
+        runner = self.config.runner
+        deadlines = []
+        if runner.run_timeout_seconds:
+            deadlines.append((start + runner.run_timeout_seconds, StopReason.RUN_TIMEOUT))
+        if runner.idle_timeout_seconds:
+            deadlines.append((last_output + runner.idle_timeout_seconds, StopReason.IDLE_TIMEOUT))
+        if wall_deadline is not None:
+            deadlines.append((wall_deadline, StopReason.WALLCLOCK))
+        return min(deadlines, key=lambda d: d[0]) if deadlines else None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from car.errors import CarError
 from car.state import utc_now
@@ -19,6 +20,14 @@ class LogFile:
     may go on for hours, nor print for every line: the first failure is told once on stderr, the
     lines are dropped, and the first write that works again says in the log how many were lost."""
 
+    # How often a write looks whether the path still names the open file. A log moved or deleted (`mv`,
+    # `rm`) while car writes would otherwise take every later line with it, out of its readers' sight
+    # (and a deleted one out of rotation, which goes by the path's size). Not at every line: an agent
+    # may print tens of thousands a second, and a stat each would cost more than the write. So the
+    # lines of up to this long after a move still go to the moved file (or the deleted one): a second's
+    # lines at most, and RunLog looks at every run's start, so no run is lost from its start on.
+    CHECK_SECONDS = 1.0
+
     def __init__(self, path: Path, backup_count: int, max_bytes: int = 0) -> None:
         """max_bytes=0: rolls over only when told (run logs roll over between runs);
         > 0: before a line would take the file past it. backup_count=0: never rolls over, as logging's
@@ -28,6 +37,8 @@ class LogFile:
         self._lost = 0
         self._torn = False  # the file ends in a part of a line (see _write_all)
         self._fd: Optional[int] = None
+        self._ident: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of the file _fd is open on
+        self._next_check = 0.0  # monotonic time of the next look at whether the path still names it
         try:  # at the start, a log car cannot write stops the start with one line
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = self._open()
@@ -36,7 +47,36 @@ class LogFile:
                            f"log.path in the config") from exc
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino)
+        self._next_check = time.monotonic() + self.CHECK_SECONDS
+        return fd
+
+    def reopen_if_moved(self) -> None:
+        """Open the path again if it no longer names the file being written (moved, deleted, replaced)."""
+        with self._lock:
+            self._reopen_if_moved()
+
+    def _reopen_if_moved(self) -> None:
+        self._next_check = time.monotonic() + self.CHECK_SECONDS
+        if self._fd is None:
+            return  # the next write opens the path anyway
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._ident:
+                return
+        except OSError:
+            pass  # gone: made again
+        try:
+            fd = self._open()
+        except OSError:
+            # its directory went too (the repo moved or deleted): the lines follow the open file, and no
+            # directory is made again where a repo was (car.files.write_atomic)
+            return
+        self._close()
+        self._fd = fd
+        self._torn = False  # that part of a line is the old file's last; the new file starts clean
 
     def write(self, line: str) -> None:
         """Append `line` (or lines joined by \\n: one write keeps them together)."""
@@ -45,6 +85,8 @@ class LogFile:
             try:
                 if self._fd is None:
                     self._fd = self._open()
+                elif time.monotonic() >= self._next_check:
+                    self._reopen_if_moved()
                 if self.max_bytes and self.backup_count > 0:
                     size = os.fstat(self._fd).st_size
                     if size and size + len(data) > self.max_bytes:

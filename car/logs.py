@@ -55,6 +55,9 @@ class RunLog:
         return written
 
     def start_run(self, run_id: int) -> None:
+        # a run is read back from the path (`car log --run`, the next prompt's previous output): moved
+        # or deleted since, the whole run would go to a file nobody reads, so look now, not in a second
+        self._file.reopen_if_moved()
         self.write(f"=== run {run_id} start ===")
 
     def end_run(self, run_id: int, end: str) -> None:
@@ -320,11 +323,14 @@ class FileCursor:
                 self._pos += len(data)
                 self._take(data, out)
             try:
-                rotated = os.stat(self.path).st_ino != self._ino
+                st = os.stat(self.path)
             except FileNotFoundError:
-                rotated = False  # mid-rotation: the new file appears in a moment
-            if not rotated:
-                return out
+                return out  # mid-rotation: the new file appears in a moment
+            if st.st_ino == self._ino:
+                if st.st_size >= self._pos:
+                    return out
+                self._restart(out)  # truncated in place: what it holds now was written since
+                continue
             self.close()  # the old file is read to its end
             self._flush(out)
             self._read_newer_backups(out)
@@ -346,6 +352,15 @@ class FileCursor:
         fh.seek(self._pos)
         self._fh = fh
         return True
+
+    def _restart(self, out: List[str]) -> None:
+        """Read the open file again from 0: it was truncated in place while open (_open sees one truncated before)."""
+        # logrotate's copytruncate or `: > x.log` keeps the inode: read on from our offset, the lines
+        # written since up to it are lost and the one across it torn. A part of a line read before the
+        # truncation is delivered as it is, so that the first line written after starts a line of its own
+        self._flush(out)
+        self._pos = 0
+        self._fh.seek(0)
 
     def _read_newer_backups(self, out: List[str], rest_of_old: bool = False) -> None:
         """The file we read (self._ino) was rotated away, maybe more than once since: deliver what

@@ -356,7 +356,7 @@ class Engine:
         self._on_change()
 
     def _files_fingerprint(self) -> Optional[str]:
-        return git.fingerprint(self.config.root) if self._count_progress else None
+        return git.fingerprint(self.config.root, self.config.log_path) if self._count_progress else None
 
     def _template(self) -> str:
         return read_text(self.config.template_path, missing=DEFAULT_TEMPLATE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -146,8 +147,10 @@ def inspect_git(root: Path) -> GitFacts:
     return GitFacts(top, busy=busy, index_lock=root / lines[1])
 
 
-def fingerprint(root: Path) -> str:
-    """A digest that changes when the repo's files change (git status + HEAD, else mtimes)."""
+def fingerprint(root: Path, log_path: Optional[Path] = None) -> str:
+    """A digest that changes when the repo's files change (git status + HEAD + changed files' stats, else
+    mtimes); car's own files never change it: those in .codex-autorunner/, and the run log (and its
+    rotations) at `log_path`, wherever config puts it."""
     import hashlib
 
     h = hashlib.sha256()
@@ -157,7 +160,10 @@ def fingerprint(root: Path) -> str:
         scope = () if (root / ".git").exists() else ("--", ".")
         res = _git(root, "status", "--porcelain=v2", "--branch", "--untracked-files=all", *scope)
         if res.code == 0:
-            h.update(res.out.encode())
+            base = os.fsencode(root) + b"/"
+            log = os.fsencode(log_path) if log_path is not None else None
+            for line in res.out.split("\n"):  # not splitlines(): with core.quotePath off a path may hold U+2028
+                h.update(_status_entry(base, line, log))
             return h.hexdigest()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in (".git", CAR_DIR)]
@@ -168,6 +174,64 @@ def fingerprint(root: Path) -> str:
                 continue
             h.update(f"{dirpath}/{name}:{st.st_mtime_ns}:{st.st_size}".encode())
     return h.hexdigest()
+
+
+# fields before the path in each kind of `git status --porcelain=v2` line; a rename ("2 ") adds its origPath
+_FIELDS_BEFORE_PATH = {"1 ": 8, "2 ": 9, "u ": 10, "? ": 1, "! ": 1}
+_C_ESCAPE = re.compile(rb'\\([0-7]{3}|.)', re.S)
+_C_CHARS = {b"a": b"\a", b"b": b"\b", b"t": b"\t", b"n": b"\n", b"v": b"\v", b"f": b"\f", b"r": b"\r"}
+
+
+def _status_entry(base: bytes, line: str, log: Optional[bytes]) -> bytes:
+    """A line of `git status --porcelain=v2` as fingerprint bytes: the line and its paths' stats."""
+    paths = _status_paths(line)
+    # car's own files (state.json, the log: written every run) are never the agent's progress, even
+    # where no .gitignore hides them
+    if paths and all(_is_car_path(path) or _is_log(base + path, log) for path in paths):
+        return b""
+    # a path already listed stays listed the same however often it is edited again: its stat tells
+    # each further edit
+    return line.encode() + b"".join(b"\0" + _stat_key(base + path) for path in paths) + b"\n"
+
+
+def _status_paths(line: str) -> List[bytes]:
+    """The path (a rename: and its source) of a `git status --porcelain=v2` line, as the file system's bytes."""
+    # not -z: with it git prints paths from the work tree's top, which a monorepo directory would need
+    # another git call to find; without, from root (the cwd: status.relativePaths), C-quoted when odd
+    count = _FIELDS_BEFORE_PATH.get(line[:2], 0)
+    fields = line.split(" ", count)
+    if not count or len(fields) <= count:
+        return []  # a header ("# branch.oid ..."), or nothing
+    return [_unquote(path) for path in (fields[-1].split("\t") if line[0] == "2" else [fields[-1]])]
+
+
+def _unquote(path: str) -> bytes:
+    """A path as git prints it: C-quoted ("t\\tab", "\\303\\251") when it holds a quote, control or non-ASCII byte."""
+    if len(path) < 2 or path[0] != '"' or path[-1] != '"':
+        return path.encode()
+    return _C_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]) if len(m[1]) == 3 else _C_CHARS.get(m[1], m[1]),
+                         path[1:-1].encode())
+
+
+def _is_car_path(path: bytes) -> bool:
+    """In a .codex-autorunner directory: car's, wherever it is in the listing."""
+    return f"/{CAR_DIR}/".encode() in b"/" + path
+
+
+def _is_log(path: bytes, log: Optional[bytes]) -> bool:
+    """The run log or one of its rotations (log.1, log.2...)."""
+    if log is None or not path.startswith(log):
+        return False
+    rest = path[len(log):]
+    return not rest or (rest[:1] == b"." and rest[1:].isdigit())
+
+
+def _stat_key(path: bytes) -> bytes:
+    try:
+        st = os.lstat(path)
+    except OSError:  # gone (deleted, renamed away): its status line says so already
+        return b"-"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()
 
 
 def auto_commit(root: Path, message: str, *, grace_seconds: float = GRACE_SECONDS,

@@ -21,7 +21,9 @@ MAX_LINE_CHARS = 300  # one readable line; keeps a runaway output from flooding 
 # Codex 0.169.0 warns this for every model it has no metadata for (any custom provider); it is
 # not a failure. Seen as an `item.completed` item of type "error".
 HARMLESS_ERROR = re.compile(r"^Model metadata for `.*` not found\. Defaulting to fallback metadata")
-SNIFF_MAX_TEXT_LINES = 20  # text lines before any JSON: then it is not Codex --json output
+# the events `codex exec --json` can open its stream with (CODEX.md): any other first JSON line is
+# another agent's own output, whose "turn.failed" or usage must not be read as Codex's
+CODEX_OPENING_EVENTS = ("thread.started", "error")
 NO_MESSAGE = "(no message)"  # keeps `failure` truthy when Codex gives no text
 _CODEX_EVENT = re.compile(r"^(thread|turn|item)\.[a-z_]+$|^error$")
 _KNOWN_ITEMS = ("command_execution", "agent_message", "reasoning", "error", "file_change",
@@ -152,31 +154,28 @@ class CodexReader(OutputReader):
 
 
 def make_reader() -> OutputReader:
-    """A reader that starts raw and switches to Codex parsing when the first JSON line is a
-    Codex event (e.g. {"type":"thread.started",...}); text lines before it stay raw."""
+    """A reader that starts raw and switches to Codex parsing when the first JSON line opens a Codex
+    stream ({"type":"thread.started",...} or an error); text lines before it stay raw."""
     return _SniffingReader()
 
 
 class _SniffingReader(OutputReader):
-    """Decides on the first line that starts with `{`, then hands every line to that reader."""
+    """Decides on the first line that is a JSON object, then hands every line to that reader."""
 
     def __init__(self) -> None:
         self._inner: OutputReader | None = None
-        self._text_lines = 0
         self._blocked_early = False  # a BLOCKED: line before the reader was chosen
 
     def feed(self, line: str) -> list[str]:
         if self._inner is None:
-            text = line.strip()
-            if not text.startswith("{"):
-                # Merged stderr can come first: Codex warns on stderr before its first event
-                # (e.g. "WARNING: proceeding, even though we could not create PATH aliases").
-                self._text_lines += bool(text)
-                self._blocked_early = self._blocked_early or text.startswith("BLOCKED:")
-                if self._text_lines >= SNIFF_MAX_TEXT_LINES:
-                    self._inner = OutputReader()
-                return [line.rstrip("\r\n")]
-            self._inner = CodexReader() if parse_event(text) is not None else OutputReader()
+            kind = _json_type(line.strip())
+            if kind is None:
+                # Merged stderr comes first, as many lines as Codex likes (warnings, a RUST_LOG trace):
+                # text never decides, and only a flag of it is kept
+                text = line.rstrip("\r\n")
+                self._blocked_early = self._blocked_early or text.lstrip().startswith("BLOCKED:")
+                return [text]
+            self._inner = CodexReader() if kind in CODEX_OPENING_EVENTS else OutputReader()
         return self._inner.feed(line)
 
     # Properties shadow the base class's defaults so callers read the chosen reader's results.
@@ -184,6 +183,17 @@ class _SniffingReader(OutputReader):
     usage = property(lambda self: self._inner.usage if self._inner else None)
     failure = property(lambda self: self._inner.failure if self._inner else None)
     blocked = property(lambda self: self._blocked_early or bool(self._inner and self._inner.blocked))
+
+
+def _json_type(text: str) -> str | None:
+    """The "type" of a line that is a JSON object ("" without one); None for any other line."""
+    if not text.startswith("{"):
+        return None  # most text: no parse tried
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return _str(value.get("type")) if isinstance(value, dict) else None
 
 
 def parse_event(line: str) -> dict[str, Any] | None:

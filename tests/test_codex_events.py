@@ -1,20 +1,28 @@
-"""Pure tests of car.codex_events; the event lines were captured from the real codex 0.169.0."""
+"""Tests of car.codex_events, pure and (at the end) through `car once`; the event lines were captured from
+the real codex 0.169.0."""
 
 from __future__ import annotations
 
 import json
+import sys
+import tracemalloc
+from pathlib import Path
 
 import pytest
 
 from car.codex_events import (
     MAX_LINE_CHARS,
-    SNIFF_MAX_TEXT_LINES,
     CodexReader,
     OutputReader,
     TokenUsage,
     display_command,
     make_reader,
 )
+from car.files import read_jsonl
+from car.layout import RepoLayout
+from car.logs import run_output
+
+from support import make_repo, run_car, update_config
 
 WARNING = ('{"type":"item.completed","item":{"id":"item_0","type":"error","message":"Model '
            'metadata for `mock-model` not found. Defaulting to fallback metadata; this can degrade '
@@ -123,19 +131,66 @@ def test_raw_agent_output_stays_raw() -> None:
     assert (reader.final_message, reader.usage, reader.failure) == (None, None, None)
 
 
-def test_many_text_lines_decide_raw() -> None:
+STDERR = ('WARNING: proceeding, even though we could not create PATH aliases: Refusing to create helper '
+          'binaries under temporary dir "/tmp"')
+
+
+def test_many_stderr_lines_before_the_first_event_do_not_decide() -> None:
+    """QA: after 20 text lines (Codex's merged stderr: warnings, a RUST_LOG trace) the run read as raw
+    output: raw JSON in the log, no usage, no final message, and its turn.failed went unnoticed."""
+    stderr = [STDERR, "{not json: a trace line", *(f"2026-01-01T00:00:00Z DEBUG codex_core: step {i}"
+                                                    for i in range(500))]
     reader = make_reader()
-    feed_all(reader, [f"line {i}" for i in range(SNIFF_MAX_TEXT_LINES)])
-    assert reader.feed(HAPPY[-1]) == [HAPPY[-1]]
-    assert reader.usage is None
+    assert feed_all(reader, stderr) == stderr
+    assert feed_all(reader, HAPPY)[0] == "codex thread 01a20dda-bddd-7a82-938e-66da1ae57561"
+    assert (reader.final_message, reader.usage) == ("Done.\nTicked one.", TokenUsage(1500, 400, 100, 20))
+    failed = make_reader()
+    feed_all(failed, stderr + HTTP_500)
+    assert failed.failure == HIGH_DEMAND
+
+
+def test_text_before_the_first_event_is_not_kept() -> None:
+    """Text never decides, so the sniffer sees all of a raw agent's output: it must hold none of it."""
+    reader = make_reader()
+    line = "x" * 1000 + "\n"
+    tracemalloc.start()
+    try:
+        for _ in range(20_000):  # 20 MB of text
+            reader.feed(line)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000
+    assert (reader.final_message, reader.usage, reader.failure) == (None, None, None)
+
+
+def test_an_error_event_first_is_codex_failing_before_its_thread() -> None:
+    reader = make_reader()
+    assert feed_all(reader, [STDERR, '{"type":"error","message":"unexpected status 401 Unauthorized"}']) == [
+        STDERR, "error: unexpected status 401 Unauthorized"]
+    assert reader.failure == "unexpected status 401 Unauthorized"
+
+
+@pytest.mark.parametrize("first", [
+    HTTP_500[-1],  # {"type":"turn.failed",...}
+    '{"type":"turn.completed","usage":{"input_tokens":5}}',
+    '{"type":"item.completed","item":{"type":"agent_message","text":"hi"}}',
+    '{"type":"turn.started"}',
+    '{"progress": 1}',
+])
+def test_a_first_json_line_that_cannot_open_a_codex_stream_is_raw_output(first: str) -> None:
+    """QA: an agent of its own whose first JSON line was {"type":"turn.failed",...} ended the loop
+    agent_failed although it exited 0: only thread.started or error opens a `codex exec --json` stream."""
+    reader = make_reader()
+    later = [HTTP_500[-2], HTTP_500[-1], HAPPY[-1]]
+    assert feed_all(reader, ["starting", first, *later]) == ["starting", first, *later]
+    assert (reader.final_message, reader.usage, reader.failure) == (None, None, None)
 
 
 def test_stderr_lines_before_the_first_event_do_not_decide() -> None:
-    stderr = ('WARNING: proceeding, even though we could not create PATH aliases: Refusing to '
-              'create helper binaries under temporary dir "/tmp"')
     reader = make_reader()
     assert reader.feed("\n") == [""]
-    assert reader.feed(stderr + "\n") == [stderr]
+    assert reader.feed(STDERR + "\n") == [STDERR]
     feed_all(reader, HAPPY)
     assert reader.final_message == "Done.\nTicked one."
 
@@ -213,8 +268,51 @@ def agent_message(text: str) -> str:
     (['{"type":"thread.started","thread_id":"t"}', agent_message("Done part one.\nBLOCKED: which DB?")], True),
     (['{"type":"thread.started","thread_id":"t"}', agent_message("All done, nothing BLOCKED: here")], False),
     (["BLOCKED: said before the first event", '{"type":"thread.started","thread_id":"t"}'], True),
+    ([*(f"stderr {i}" for i in range(30)), "BLOCKED: after many lines", '{"type":"thread.started","thread_id":"t"}',
+      agent_message("fine")], True),
+    ([*(f"stderr {i}" for i in range(30)), '{"type":"thread.started","thread_id":"t"}',
+      agent_message("BLOCKED: after many lines")], True),
+    (['{"type":"turn.failed","error":{"message":"x"}}', "BLOCKED: a raw agent after JSON of its own"], True),
+    (['{"type":"turn.failed","error":{"message":"x"}}', agent_message("BLOCKED: not Codex: not read")], False),
 ])
 def test_a_blocked_line_from_the_agent_is_noticed(lines: list, blocked: bool) -> None:
     reader = make_reader()
     feed_all(reader, lines)
     assert reader.blocked is blocked
+
+
+# through `car once`, as a user meets them: a fake agent script prints the lines -----------------------
+def car_once_with(tmp_path: Path, script: str) -> tuple:
+    """`car once` in a fresh repo whose agent is this Python script; (its end line, the run's log, runs.jsonl)."""
+    repo = make_repo(tmp_path / "repo", items=["first", "second"])
+    agent = tmp_path / "agent.py"
+    agent.write_text("import json, sys\nsys.stdin.read()\n" + script)
+    update_config(repo, codex={"binary": sys.executable, "args": [str(agent)]})
+    done = run_car("once", cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    end = next(line for line in done.stdout.splitlines() if line.startswith("car: loop ended:"))
+    log = run_output(repo / ".codex-autorunner" / "codex-autorunner.log", 3, 1).splitlines()
+    return end, log, read_jsonl(RepoLayout(repo).runs)
+
+
+def test_car_reads_codex_events_after_many_stderr_lines(tmp_path: Path) -> None:
+    """QA: 20+ stderr lines first (merged into stdout), and car logged raw JSON and recorded no usage."""
+    end, log, runs = car_once_with(tmp_path, f"""
+for i in range(40):
+    print(f"WARNING: codex warns on stderr {{i}}", file=sys.stderr, flush=True)
+for line in {HAPPY!r}:
+    print(line, flush=True)
+""")
+    assert end.startswith("car: loop ended: stop_after_runs (last run 1, exit code 0,")
+    assert "codex thread 01a20dda-bddd-7a82-938e-66da1ae57561" in log and "agent: Ticked one." in log
+    assert not any(line.startswith("{") for line in log)
+    assert (runs[-1]["usage"], runs[-1]["output"]) == (TokenUsage(1500, 400, 100, 20).to_json(), "Done.\nTicked one.")
+
+
+def test_car_does_not_fail_an_agent_whose_own_first_json_says_turn_failed(tmp_path: Path) -> None:
+    """QA: an agent of its own that exited 0 ended the loop agent_failed over its first JSON line."""
+    own = json.dumps({"type": "turn.failed", "error": {"message": "one flaky test, retried: passed"}})
+    end, log, runs = car_once_with(tmp_path, f"print({own!r})\n")
+    assert end.startswith("car: loop ended: stop_after_runs (last run 1, exit code 0,")
+    assert own in log and not any("the agent failed" in line for line in log)  # raw, as it said it
+    assert runs[-1]["end_reason"] is None  # the run itself ended nothing

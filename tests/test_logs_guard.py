@@ -122,6 +122,7 @@ AGENT = '''\
 import json, sys
 sys.stdin.read()
 message = "rate limited\\n" + sys.argv[1] + "\\nretry later"
+print(json.dumps({"type": "thread.started", "thread_id": "t-1"}), flush=True)  # as Codex opens every stream
 print(json.dumps({"type": "turn.failed", "error": {"message": message}}), flush=True)
 sys.exit(1)
 '''

@@ -30,23 +30,64 @@ BUILD_ID = %(build_id)r  # from shiv's environment.json, read at build time: no 
 ROOT = %(root)r  # shiv's unpack root as built (None: ~/.shiv)
 
 
+def shiv_root():
+    \"\"\"The directory shiv unpacks builds into, as its cache_path() finds it (~ left as is if it has no home).\"\"\"
+    root = os.environ.get("SHIV_ROOT", ROOT) or "~/.shiv"
+    if root.startswith("$"):
+        root = os.environ.get(root[1:], root[1:])
+    return os.path.expanduser(root)
+
+
 def unpacked_site_packages():
     \"\"\"Where shiv unpacked this build (its cache_path()), or None if it has not yet.\"\"\"
     if any(name.startswith("SHIV_") and name != "SHIV_ROOT" for name in os.environ):
         return None
-    root = os.environ.get("SHIV_ROOT", ROOT) or "~/.shiv"
-    if root.startswith("$"):
-        root = os.environ.get(root[1:], root[1:])
     name = os.path.basename(os.path.realpath(sys.argv[0]))
-    path = os.path.join(os.path.expanduser(root), name + "_" + BUILD_ID, "site-packages")
+    path = os.path.join(shiv_root(), name + "_" + BUILD_ID, "site-packages")
     return path if os.path.isdir(path) else None
+
+
+def cannot_unpack(exc):
+    \"\"\"Exit 1 with one line for a build shiv could not unpack: the directory, the OS's reason, the fix.\"\"\"
+    import errno
+
+    reason = (getattr(exc, "strerror", None) or str(exc)).rstrip(".")
+    if isinstance(exc, RuntimeError):  # pathlib's, for a ~ that has no home directory to stand for
+        fix = "set SHIV_ROOT to a writable directory given in full, or set HOME"
+    elif getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space there, or set SHIV_ROOT to a writable directory with room"
+    else:
+        fix = "set SHIV_ROOT to a writable directory, or make that one writable"
+    name = os.path.basename(sys.argv[0])
+    sys.stderr.write(f"car: cannot unpack {name} into {shiv_root()} ({reason}); {fix}\\n")
+    raise SystemExit(1)
+
+
+def bootstrap():
+    \"\"\"shiv's bootstrap: it unpacks this build, then runs car. A failure to unpack is one line, not a
+    traceback; whatever is raised once car's import has begun is car's own, and passes untouched.\"\"\"
+    import _bootstrap
+
+    started = []
+    import_string = _bootstrap.import_string
+
+    def import_entry_point(name):
+        started.append(name)
+        return import_string(name)
+
+    # shiv calls it once the unpack is done, to import car: an error from then on is car's, not the unpack's
+    _bootstrap.import_string = import_entry_point
+    try:
+        _bootstrap.bootstrap()
+    except (OSError, RuntimeError) as exc:
+        if started:
+            raise
+        cannot_unpack(exc)
 
 
 site_packages = unpacked_site_packages()
 if site_packages is None:
-    import _bootstrap
-
-    _bootstrap.bootstrap()
+    bootstrap()
 else:
     import site
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import errno
 import signal
 import subprocess
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from car.agent import resolve_binary, signal_group
 from car.bootstrap import describe_git
-from car.config import RepoConfig
+from car.config import PromptConfig, RepoConfig
 from car.docs import DocKind, parse_todos
 from car.errors import AgentError, CarError
-from car.files import read_text
+from car.files import decode_doc, read_bytes, read_text
 from car.git import inspect_git
 from car.layout import CAR_DIR, CONFIG_NAME, RepoLayout
 from car.lock import inspect_lock
@@ -51,6 +51,8 @@ def doctor(config: RepoConfig) -> int:
             todos = parse_todos(text)
     if todos is not None:
         print(f"info  TODO: {todos.done} done, {todos.outstanding} outstanding")
+    ok, line = _template_check(config)
+    check(ok, line, line)
     try:
         binary = resolve_binary(config.codex.binary, config.root)
         version = _agent_version(binary)
@@ -68,6 +70,24 @@ def doctor(config: RepoConfig) -> int:
           "stale lock (owner gone): run `car resume` to clear it")
     print("all checks passed" if not problems else f"{len(problems)} problem(s) found")
     return 0 if not problems else 1
+
+
+def _template_check(config: RepoConfig) -> Tuple[bool, str]:
+    """The prompt template read as a run reads it (Engine._template): whether it passes, and the line saying so."""
+    path = config.template_path
+    try:  # read_text's two steps, apart: there a missing file reads as the built-in text, here it must not
+        raw = read_bytes(path)
+        if raw is not None:
+            decode_doc(raw, path)
+    except CarError as exc:  # a directory, UTF-16, unreadable: every run stops on it
+        return False, str(exc)
+    if raw is not None:
+        return True, f"prompt template: {path}"
+    if path == config.resolve(PromptConfig().template):  # where `car init` puts the built-in text: nothing is lost
+        return True, f"prompt template: {path} missing; runs use the built-in one (`car init` writes a copy to edit)"
+    # a path someone set and mistyped: the runs would use the built-in text, and nothing would say so
+    return False, (f"prompt template missing: {path} (runs fall back to the built-in template); create it, "
+                   "or fix prompt.template")
 
 
 def _agent_version(binary: str) -> Optional[str]:

@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--tail", type=whole_number(), metavar="N", default=50,
                        help="print the last N lines (default 50)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
-    _add(commands, "doctor", cmd_doctor, "check config, docs, agent binary, git and lock")
+    _add(commands, "doctor", cmd_doctor, "check config, docs, prompt template, agent binary, git and lock")
     add_usage_command(commands)
     add_serve_command(commands)
     from car.cli_hub import add_hub_commands  # here, not at the top: cli_hub imports this module

@@ -19,7 +19,7 @@ from car.errors import CarError, LockError
 from car.files import read_text, write_atomic, write_error
 from car.layout import RepoLayout
 from car.lock import LockInfo, acquire_lock, inspect_lock, is_own_lock, lock_lost_message, release_lock, update_lock
-from car.logs import RunLog, last_run_output, open_run_log, recent_runs, record_run
+from car.logs import RunLog, last_run_output, list_runs, open_run_log, recent_runs, record_run
 from car.prompt import DEFAULT_TEMPLATE, clip_tail, render_prompt
 from car.recovery import reconcile
 from car.state import RepoState, load_state, save_state, utc_now
@@ -260,6 +260,8 @@ class Engine:
         # a deleted state.json (its error message advises that) must not number runs from 1 again:
         # runs.jsonl outlives it, and the log's rotation, and knows the ids used
         last_id = max([state.last_run_id or 0] + [r["id"] for r in recent if type(r.get("id")) is int])
+        if not last_id:  # both gone too (or a first run): the log's markers know the ids used, if any
+            last_id = max((r.id for r in list_runs(cfg.log_path, cfg.log.backup_count)), default=0)
         run_id = last_id + 1
         docs = {k.value: read_text(cfg.doc_path(k.value)) for k in DocKind}
         # the last run's "after" serves as this run's "before": one git call per run, not two

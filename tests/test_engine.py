@@ -548,3 +548,16 @@ def test_run_ids_go_on_after_state_json_was_deleted(repo: Path) -> None:
     assert [r.id for r in list_runs(log_path(repo), 3)] == [1, 2]
     records = [json.loads(line) for line in RepoLayout(repo).runs.read_text().splitlines()]
     assert [r["id"] for r in records] == [1, 2]
+
+
+def test_run_ids_go_on_after_state_json_and_runs_jsonl_were_both_deleted(repo: Path) -> None:
+    """QA: with both gone, runs were numbered from 1 again while the log held runs 1-2: `car log --run 1`
+    then showed only the newest run 1."""
+    write_todo(repo, ["a", "b", "c", "d"])
+    engine(repo).run_loop(once=True)
+    engine(repo).run_loop(once=True)
+    RepoLayout(repo).state.unlink()
+    RepoLayout(repo).runs.unlink()
+    engine(repo).run_loop(once=True)
+    assert state(repo).last_run_id == 3
+    assert [r.id for r in list_runs(log_path(repo), 3)] == [1, 2, 3]

@@ -106,6 +106,7 @@ class Engine:
         closed = False
         try:
             self.layout.stop.unlink(missing_ok=True)  # we own the lock: an old stop was for an old loop
+            self._check_runs_file()
             reason = self._loop(once)
             return reason
         finally:
@@ -126,6 +127,17 @@ class Engine:
                 release_lock(self.layout.lock, self._lock_token)  # a lock not ours any more is left alone
                 if self._own_log:
                     self.log.close()
+
+    def _check_runs_file(self) -> None:
+        """runs.jsonl, appended at each run's end, must take the append now: found only then (another
+        user's file, an immutable one), the agent's work would be done and its run left unrecorded."""
+        path = self.layout.runs
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        except FileNotFoundError:
+            pass  # made at the first run's end, in the directory the lock was just made in
+        except OSError as exc:
+            raise write_error(path, exc) from exc
 
     def _loop(self, once: bool) -> StopReason:
         runner = self.config.runner

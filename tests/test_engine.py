@@ -23,7 +23,18 @@ from car.recovery import reconcile
 from car.state import load_state
 from car.status import LockStatus, StopReason
 
-from support import agent_and_child, git, hang_agent, pid_alive, read_pids, update_config, wait_until, write_todo
+from support import (
+    agent_and_child,
+    git,
+    hang_agent,
+    pid_alive,
+    read_pids,
+    run_car,
+    unwritable,
+    update_config,
+    wait_until,
+    write_todo,
+)
 
 
 def engine(repo: Path, **runner) -> Engine:
@@ -561,3 +572,19 @@ def test_run_ids_go_on_after_state_json_and_runs_jsonl_were_both_deleted(repo: P
     engine(repo).run_loop(once=True)
     assert state(repo).last_run_id == 3
     assert [r.id for r in list_runs(log_path(repo), 3)] == [1, 2, 3]
+
+
+def test_a_runs_file_that_cannot_be_appended_stops_the_loop_before_the_agent_runs(repo: Path) -> None:
+    """QA: runs.jsonl left by another user (here: immutable) was found only after the agent's work,
+    and state.json then said 'interrupted' while the log said 'end (code 0)'."""
+    write_todo(repo, ["a", "b", "c"])
+    engine(repo).run_loop(once=True)
+    todo = (repo / ".codex-autorunner" / "TODO.md").read_text()
+    runs = RepoLayout(repo).runs
+    with unwritable(runs):
+        done = run_car("once", cwd=repo)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith(f"car: {runs}: cannot write (") and "Traceback" not in done.stderr, done.stderr
+    assert (repo / ".codex-autorunner" / "TODO.md").read_text() == todo  # the agent never ran
+    assert (state(repo).status, state(repo).last_run_id) == ("idle", 1) and not RepoLayout(repo).lock.exists()
+    assert run_car("once", cwd=repo).returncode == 0 and state(repo).last_run_id == 2

@@ -80,9 +80,10 @@ def open_run_log(config: RepoConfig, feed: Optional[Feed] = None) -> RunLog:
 
 
 def log_files(path: Path, backup_count: int) -> List[Path]:
-    """The log and its backups that exist, oldest first."""
+    """The log and its backups that exist as files, oldest first: a log.path that is a device (/dev/null,
+    /dev/full) or a pipe holds no runs to read back, and reading it would never end."""
     names = [Path(f"{path}.{i}") for i in range(backup_count, 0, -1)] + [path]
-    return [p for p in names if p.exists()]
+    return [p for p in names if p.is_file()]
 
 
 def render_lines(at: str, text: str, run_id: Optional[int] = None) -> List[str]:

@@ -100,10 +100,6 @@ class Outbox:
             self._cond.notify_all()  # the reader may be waiting for room
             return item
 
-    def has_lines(self) -> bool:
-        with self._cond:
-            return bool(self._lines)
-
 
 class AgentProcess:
     """One run of the agent. Lines, exit and interrupts arrive in one outbox (no polling)."""

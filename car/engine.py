@@ -433,7 +433,7 @@ class Engine:
             watchdog = self._soonest_watchdog(start, last_output, wall_deadline) if end_reason is None else None
             if watchdog is not None and watchdog[0] <= now:
                 end_reason, watchdog = watchdog[1], None
-                ending = self._begin_end(agent, end_reason, end_reason.value.replace("_", " "), run_id, exited)
+                ending = self._begin_end(agent, end_reason.value.replace("_", " "), run_id, exited)
             while ending and ending[0][0] <= now:
                 step = ending.pop(0)[1]
                 if step is None:
@@ -465,11 +465,10 @@ class Engine:
                     agent.clean_up()
             elif item[0] == Event.INTERRUPT and end_reason is None:
                 end_reason = self._kill_reason or StopReason.KILLED
-                ending = self._begin_end(agent, end_reason, end_reason.value, run_id, exited)
+                ending = self._begin_end(agent, end_reason.value, run_id, exited)
         return end_reason
 
-    def _begin_end(self, agent: AgentProcess, reason: StopReason, why: str, run_id: int,
-                   exited: bool) -> List[Tuple[float, Optional[int]]]:
+    def _begin_end(self, agent: AgentProcess, why: str, run_id: int, exited: bool) -> List[Tuple[float, Optional[int]]]:
         """Say why the agent is being ended and take the first step; the steps left to take."""
         self.log.write(f"car: {why}: ending the agent", run_id)
         if exited:

@@ -168,14 +168,14 @@ class _SniffingReader(OutputReader):
 
     def feed(self, line: str) -> list[str]:
         if self._inner is None:
-            kind = _json_type(line.strip())
-            if kind is None:
+            first = _json_object(line)
+            if first is None:
                 # Merged stderr comes first, as many lines as Codex likes (warnings, a RUST_LOG trace):
                 # text never decides, and only a flag of it is kept
                 text = line.rstrip("\r\n")
                 self._blocked_early = self._blocked_early or text.lstrip().startswith("BLOCKED:")
                 return [text]
-            self._inner = CodexReader() if kind in CODEX_OPENING_EVENTS else OutputReader()
+            self._inner = CodexReader() if _str(first.get("type")) in CODEX_OPENING_EVENTS else OutputReader()
         return self._inner.feed(line)
 
     # Properties shadow the base class's defaults so callers read the chosen reader's results.
@@ -185,26 +185,21 @@ class _SniffingReader(OutputReader):
     blocked = property(lambda self: self._blocked_early or bool(self._inner and self._inner.blocked))
 
 
-def _json_type(text: str) -> str | None:
-    """The "type" of a line that is a JSON object ("" without one); None for any other line."""
-    if not text.startswith("{"):
+def _json_object(line: str) -> dict[str, Any] | None:
+    """The line as a JSON object, or None for any other line."""
+    if not line.lstrip().startswith("{"):
         return None  # most text: no parse tried
     try:
-        value = json.loads(text)
+        value = json.loads(line)
     except ValueError:
         return None
-    return _str(value.get("type")) if isinstance(value, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def parse_event(line: str) -> dict[str, Any] | None:
     """The line as a Codex event dict, or None when it is not one."""
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return None
-    if isinstance(event, dict) and _CODEX_EVENT.match(_str(event.get("type"))):
-        return event
-    return None
+    event = _json_object(line)
+    return event if event is not None and _CODEX_EVENT.match(_str(event.get("type"))) else None
 
 
 def render_usage(usage: TokenUsage) -> str:

@@ -19,6 +19,7 @@ from car.errors import CarError, LockError
 from car.files import read_text, write_atomic, write_error
 from car.layout import RepoLayout
 from car.lock import LockInfo, acquire_lock, inspect_lock, is_own_lock, lock_lost_message, release_lock, update_lock
+from car.logfile import log_names
 from car.logs import RunLog, last_run_output, list_runs, open_run_log, recent_runs, record_run
 from car.prompt import DEFAULT_TEMPLATE, clip_tail, render_prompt
 from car.recovery import reconcile
@@ -370,7 +371,9 @@ class Engine:
         self._on_change()
 
     def _files_fingerprint(self) -> Optional[str]:
-        return git.fingerprint(self.config.root, self.config.log_path) if self._count_progress else None
+        if not self._count_progress:
+            return None
+        return git.fingerprint(self.config.root, log_names(self.config.log_path, self.config.log.backup_count))
 
     def _template(self) -> str:
         return read_text(self.config.template_path, missing=DEFAULT_TEMPLATE)

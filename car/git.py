@@ -10,7 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Set, Tuple
 
 from car.layout import CAR_DIR
 
@@ -147,10 +147,10 @@ def inspect_git(root: Path) -> GitFacts:
     return GitFacts(top, busy=busy, index_lock=root / lines[1])
 
 
-def fingerprint(root: Path, log_path: Optional[Path] = None) -> str:
+def fingerprint(root: Path, own_files: Iterable[Path] = ()) -> str:
     """A digest that changes when the repo's files change (git status + HEAD + changed files' stats, else
-    mtimes); car's own files never change it: those in .codex-autorunner/, and the run log (and its
-    rotations) at `log_path`, wherever config puts it."""
+    mtimes); car's own files never change it: those in .codex-autorunner/, and `own_files` (the run log
+    and its backups, wherever config puts them)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -161,9 +161,9 @@ def fingerprint(root: Path, log_path: Optional[Path] = None) -> str:
         res = _git(root, "status", "--porcelain=v2", "--branch", "--untracked-files=all", *scope)
         if res.code == 0:
             base = os.fsencode(root) + b"/"
-            log = os.fsencode(log_path) if log_path is not None else None
+            own = {os.fsencode(p) for p in own_files}
             for line in res.out.split("\n"):  # not splitlines(): with core.quotePath off a path may hold U+2028
-                h.update(_status_entry(base, line, log))
+                h.update(_status_entry(base, line, own))
             return h.hexdigest()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in (".git", CAR_DIR)]
@@ -182,12 +182,12 @@ _C_ESCAPE = re.compile(rb'\\([0-7]{3}|.)', re.S)
 _C_CHARS = {b"a": b"\a", b"b": b"\b", b"t": b"\t", b"n": b"\n", b"v": b"\v", b"f": b"\f", b"r": b"\r"}
 
 
-def _status_entry(base: bytes, line: str, log: Optional[bytes]) -> bytes:
+def _status_entry(base: bytes, line: str, own: Set[bytes]) -> bytes:
     """A line of `git status --porcelain=v2` as fingerprint bytes: the line and its paths' stats."""
     paths = _status_paths(line)
     # car's own files (state.json, the log: written every run) are never the agent's progress, even
     # where no .gitignore hides them
-    if paths and all(_is_car_path(path) or _is_log(base + path, log) for path in paths):
+    if paths and all(_is_car_path(path) or base + path in own for path in paths):
         return b""
     # a path already listed stays listed the same however often it is edited again: its stat tells
     # each further edit
@@ -216,14 +216,6 @@ def _unquote(path: str) -> bytes:
 def _is_car_path(path: bytes) -> bool:
     """In a .codex-autorunner directory: car's, wherever it is in the listing."""
     return f"/{CAR_DIR}/".encode() in b"/" + path
-
-
-def _is_log(path: bytes, log: Optional[bytes]) -> bool:
-    """The run log or one of its rotations (log.1, log.2...)."""
-    if log is None or not path.startswith(log):
-        return False
-    rest = path[len(log):]
-    return not rest or (rest[:1] == b"." and rest[1:].isdigit())
 
 
 def _stat_key(path: bytes) -> bytes:

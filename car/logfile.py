@@ -7,10 +7,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from car.errors import CarError
 from car.state import utc_now
+
+
+def backup_path(path: Path, n: int) -> Path:
+    """A log's n-th backup (1: the newest): how rollover names them, and every reader finds them."""
+    return Path(f"{path}.{n}")
+
+
+def log_names(path: Path, backup_count: int) -> List[Path]:
+    """The log's backups, oldest first, then the log: every name it may have, there or not."""
+    return [backup_path(path, n) for n in range(backup_count, 0, -1)] + [path]
 
 
 class LogFile:
@@ -137,11 +147,11 @@ class LogFile:
     def _rotate(self) -> None:
         self._close()
         for i in range(self.backup_count - 1, 0, -1):
-            older = Path(f"{self.path}.{i}")
+            older = backup_path(self.path, i)
             if older.exists():
-                os.replace(older, f"{self.path}.{i + 1}")
+                os.replace(older, backup_path(self.path, i + 1))
         if self.path.exists():
-            os.replace(self.path, f"{self.path}.1")
+            os.replace(self.path, backup_path(self.path, 1))
         self._torn = False  # that part of a line is the backup's last; the new file starts clean
 
     def _failed(self, exc: OSError, lines: int = 1) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from car.feed import Feed
 from car.files import append_jsonl, parse_jsonl
-from car.logfile import LogFile
+from car.logfile import LogFile, backup_path, log_names
 from car.state import RepoState, utc_now
 
 if TYPE_CHECKING:
@@ -82,8 +82,7 @@ def open_run_log(config: RepoConfig, feed: Optional[Feed] = None) -> RunLog:
 def log_files(path: Path, backup_count: int) -> List[Path]:
     """The log and its backups that exist as files, oldest first: a log.path that is a device (/dev/null,
     /dev/full) or a pipe holds no runs to read back, and reading it would never end."""
-    names = [Path(f"{path}.{i}") for i in range(backup_count, 0, -1)] + [path]
-    return [p for p in names if p.is_file()]
+    return [p for p in log_names(path, backup_count) if p.is_file()]
 
 
 def render_lines(at: str, text: str, run_id: Optional[int] = None) -> List[str]:
@@ -368,7 +367,7 @@ class FileCursor:
         the backups newer than it hold (and, with rest_of_old, its own rest), oldest first."""
         backups: List[Tuple[Path, int]] = []
         while True:  # x.log.1 is the newest backup; however many the writer keeps
-            backup = Path(f"{self.path}.{len(backups) + 1}")
+            backup = backup_path(self.path, len(backups) + 1)
             try:
                 backups.append((backup, os.stat(backup).st_ino))
             except FileNotFoundError:

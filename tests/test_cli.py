@@ -552,3 +552,14 @@ def test_status_json_of_a_run_in_another_process_says_when_it_started(repo: Path
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_commands_run_with_the_collector_on_and_start_up_frozen(repo: Path) -> None:
+    """launch freezes what importing the CLI made (a short command's exit then skips it) and turns
+    the collector back on before the command runs: a loop or the hub runs for days."""
+    code = ("import gc, sys, car.cli; from car.launch import main\n"
+            "car.cli.main = lambda args: print('during', gc.isenabled(), gc.get_freeze_count() > 1000) or 0\n"
+            "main(['status']); print('after', gc.isenabled())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=car_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split() == ["during", "True", "True", "after", "True"], out.stdout + out.stderr

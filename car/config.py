@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 import time
 import typing
@@ -16,7 +17,7 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 from car import __version__
 from car.errors import ConfigError
 from car.files import dump_yaml, file_stamp, load_yaml, write_atomic
-from car.layout import CAR_DIR, CONFIG_CACHE_NAME, CONFIG_NAME
+from car.layout import CAR_DIR, CONFIG_CACHE_NAME, CONFIG_NAME, HubLayout, RepoLayout
 
 VERSION = 2
 DEFAULT_CODEX_ARGS = ["exec", "--dangerously-bypass-approvals-and-sandbox", "--json", "-"]
@@ -132,6 +133,11 @@ class RepoConfig:
     def template_path(self) -> Path:
         return self.resolve(self.prompt.template)
 
+    def named_files(self) -> List[Tuple[Path, str]]:
+        """The files this config names or car keeps, each with what it is: none of them may be the log."""
+        docs = [(self.doc_path(f.name), f"docs.{f.name}'s file") for f in dataclasses.fields(self.docs)]
+        return [*_layout_files(RepoLayout(self.root)), *docs, (self.template_path, "prompt.template's file")]
+
 
 @dataclass(frozen=True)
 class HubConfig:
@@ -151,6 +157,13 @@ class HubConfig:
     @property
     def log_path(self) -> Path:
         return (self.root / self.hub.log.path).resolve()
+
+    def named_files(self) -> List[Tuple[Path, str]]:
+        return [*_layout_files(HubLayout(self.root)), (self.manifest_path, "hub.manifest's file")]
+
+
+def _layout_files(layout: Union[RepoLayout, HubLayout]) -> List[Tuple[Path, str]]:
+    return [(path, f"car's {path.name}") for path in layout.own_files()]
 
 
 AnyConfig = Union[RepoConfig, HubConfig]
@@ -206,12 +219,18 @@ def load_config(path: Path, *, clock_ns: Callable[[], int] = time.time_ns) -> An
 
 
 def _check_log_path(config: AnyConfig, path: Path) -> AnyConfig:
-    """A log path that can never be a file (a directory, or under a file) is a one-line error here,
-    where it is named, and the hub lists the repo as error; loading a config creates nothing (the
-    logger makes a missing directory, and names the log if it cannot)."""
+    """A log path that can never be a file (a directory, or under a file), or that names a file the
+    config or car already uses (a doc, state.json), is a one-line error here, where it is named, and
+    the hub lists the repo as error; loading a config creates nothing (the logger makes a missing
+    directory, and names the log if it cannot)."""
     log_path, key = config.log_path, "hub.log.path" if isinstance(config, HubConfig) else "log.path"
     if log_path.is_dir():
         raise ConfigError(f"{path}: {key}: {log_path} is a directory; set {key} to a file in it")
+    real = os.path.realpath(log_path)  # a symlink or a `..` can name the same file
+    what = next((name for named, name in config.named_files() if os.path.realpath(named) == real), None)
+    if what is not None:  # the log would append to it, and rotation rename it away
+        raise ConfigError(f"{path}: {key}: {log_path} is {what}, which the log would write into; "
+                          f"set {key} to a file of its own")
     above = next((p for p in log_path.parents if p.exists()), None)  # the nearest part that is there
     if above is not None and not above.is_dir():
         raise ConfigError(f"{path}: {key}: cannot create the directory of {log_path} ({above} is a file); "

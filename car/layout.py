@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Tuple
 
 CAR_DIR = ".codex-autorunner"
 CONFIG_NAME = "config.yml"
@@ -39,6 +40,10 @@ class CarDir:
         """The API token for --allow-remote (mode 0600, reused across restarts)."""
         return self.dir / "token"
 
+    def own_files(self) -> Tuple[Path, ...]:
+        """car's fixed files here, which a configured path (a log) must never name."""
+        return self.config, self.dir / CONFIG_CACHE_NAME, self.gitignore, self.lock, self.token
+
 
 @dataclass(frozen=True)
 class RepoLayout(CarDir):
@@ -67,6 +72,9 @@ class RepoLayout(CarDir):
         """`car serve`'s access log: the run log has one writer, the engine."""
         return self.dir / "codex-autorunner-web.log"
 
+    def own_files(self) -> Tuple[Path, ...]:
+        return (*super().own_files(), self.state, self.stop, self.rendered_prompt, self.runs, self.web_log)
+
 
 @dataclass(frozen=True)
 class HubLayout(CarDir):
@@ -78,3 +86,6 @@ class HubLayout(CarDir):
     def hub_cache(self) -> Path:
         """What a new hub process starts from (car.hub_cache); deleting it only slows one start."""
         return self.dir / "hub_cache.bin"
+
+    def own_files(self) -> Tuple[Path, ...]:
+        return (*super().own_files(), self.hub_state, self.hub_cache)

@@ -386,6 +386,42 @@ def test_a_repo_log_path_that_is_a_directory_is_one_line(repo: Path) -> None:
     assert done.returncode == 2 and "log.path" in one_line(done.stderr) and "is a directory" in done.stderr
 
 
+@pytest.mark.parametrize("log_path, what", [
+    (f"{CAR_DIR}/TODO.md", "docs.todo's file"),
+    (f"./{CAR_DIR}/../{CAR_DIR}/state.json", "car's state.json"),
+    ("linked/prompt.txt", "prompt.template's file"),  # through a symlink to .codex-autorunner/
+    ("notes/spec.md", "docs.spec's file"),  # a doc moved out of .codex-autorunner/
+])
+def test_a_repo_log_path_naming_a_file_car_uses_is_refused_and_nothing_is_written(repo: Path, log_path: str,
+                                                                                   what: str) -> None:
+    """The log appends to its file and rotation renames it away: as a doc or state.json, a run would
+    have written agent output into TODO.md (seen: the TODO then held the run's lines)."""
+    (repo / "linked").symlink_to(repo / CAR_DIR)
+    (repo / "notes").mkdir()
+    (repo / "notes/spec.md").write_text("# the spec\n")
+    update_config(repo, log={"path": log_path}, docs={"spec": "notes/spec.md"})
+    layout = RepoLayout(repo)
+    before = {p: p.read_bytes() for p in [*layout.dir.iterdir(), repo / "notes/spec.md"] if p.is_file()}
+    for command in ("once", "status"):
+        done = run_car(command, cwd=repo)
+        line = one_line(done.stderr)
+        shown = os.path.realpath(repo / log_path)  # a relative path is shown resolved
+        assert done.returncode == 2 and f"log.path: {shown} is {what}" in line, done.stderr
+        assert "set log.path to a file of its own" in line and str(layout.config) in line
+    after = {p: p.read_bytes() for p in [*layout.dir.iterdir(), repo / "notes/spec.md"] if p.is_file()}
+    assert after == before
+
+
+def test_a_hub_log_path_naming_the_manifest_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "hub"
+    git_repos(root, "alpha")
+    write_hub_config(root, log={"path": f"{CAR_DIR}/manifest.yml"})
+    done = run_car("hub", "scan", cwd=root)
+    line = one_line(done.stderr)
+    assert done.returncode == 2 and "hub.log.path:" in line and "is hub.manifest's file" in line, done.stderr
+    assert not HubLayout(root).lock.exists()
+
+
 def test_a_log_directory_that_is_missing_is_made_by_the_run_not_by_reading_the_config(repo: Path) -> None:
     update_config(repo, log={"path": "logs/deep/car.log"})
     assert run_car("status", cwd=repo).returncode == 0

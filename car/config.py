@@ -12,7 +12,8 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple, Union
+from types import MappingProxyType
+from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 
 from car import __version__
 from car.errors import ConfigError
@@ -25,7 +26,8 @@ DEFAULT_CODEX_ARGS = ["exec", "--dangerously-bypass-approvals-and-sandbox", "--j
 # stat: its parse is not cached
 RACY_NS = 1_000_000_000
 # a field's metadata "max" is the largest value the checker accepts (numbers are >= 0 anyway); "only"
-# is (the one value it accepts, why).
+# is (the one value it accepts, why); "least" is (the smallest whole number it accepts, why); "text" is
+# (the regex a string must match, what it expects).
 # MAX_SECONDS: far above any sane wait, far below what Event.wait() and the clock arithmetic accept
 # (1e10 overflows them after the first run)
 MAX_SECONDS = 366 * 24 * 3600
@@ -67,7 +69,8 @@ class PromptConfig:
 @dataclass(frozen=True)
 class RunnerConfig:
     sleep_seconds: float = field(default=5, metadata={"max": MAX_SECONDS})
-    stop_after_runs: Optional[int] = None
+    # 0 turns the other limits off, so a 0 here is as likely meant "no limit" as "no run": neither is guessed
+    stop_after_runs: Optional[int] = field(default=None, metadata={"least": (1, "or null for no limit")})
     max_wallclock_seconds: Optional[float] = field(default=None, metadata={"max": MAX_SECONDS})
     kill_grace_seconds: float = field(default=10, metadata={"max": MAX_SECONDS})
     run_timeout_seconds: Optional[float] = field(default=14400, metadata={"max": MAX_SECONDS})
@@ -350,14 +353,13 @@ class _Checker:
             if name in data:
                 factory = fields[name].default_factory
                 default = factory() if factory is not dataclasses.MISSING else None  # type: ignore[misc]
-                meta = fields[name].metadata
-                out[name] = self.convert(hints[name], data[name], [*keys, name], default,
-                                         meta.get("max"), meta.get("only"), meta.get("text"))
+                out[name] = self.convert(hints[name], data[name], [*keys, name], default, fields[name].metadata)
         return out
 
     def convert(self, hint: Any, value: Any, keys: list[str], default: Any = None,
-                most: Optional[int] = None, only: Optional[Tuple[int, str]] = None,
-                text: Optional[Tuple[str, str]] = None) -> Any:
+                meta: Mapping[str, Any] = MappingProxyType({})) -> Any:
+        """`value` checked against the field's type and its metadata (see "max" above), or a ConfigError."""
+        most, only, least, text = (meta.get(k) for k in ("max", "only", "least", "text"))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if origin is Union:
             if value is None and type(None) in args:
@@ -384,6 +386,8 @@ class _Checker:
                 raise self.error(keys, "expected a whole number >= 0", value)
             if only is not None and value != only[0]:
                 raise self.error(keys, f"expected {only[0]} ({only[1]})", value)
+            if least is not None and value < least[0]:
+                raise self.error(keys, f"expected a whole number >= {least[0]} ({least[1]})", value)
             if most is not None and value > most:
                 raise self.error(keys, f"expected a whole number from 0 to {most}", value)
             return value

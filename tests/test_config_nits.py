@@ -8,7 +8,10 @@ import pytest
 
 from car.config import load_config
 from car.errors import ConfigError, UsageError
+from car.layout import RepoLayout
 from car.web.server import normalize_base_path
+
+from support import make_repo, run_car
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -55,3 +58,18 @@ def test_the_config_takes_exactly_the_base_paths_the_server_serves(tmp_path: Pat
     except ConfigError:
         taken = False
     assert taken is served
+
+
+def test_stop_after_runs_of_zero_is_a_config_error_and_runs_nothing(tmp_path: Path) -> None:
+    """QA: 0 ran once, while a 0 turns every other limit off; neither meaning is guessed now."""
+    path = write(tmp_path, "version: 2\nmode: repo\nrunner:\n  stop_after_runs: 0\n")
+    with pytest.raises(ConfigError, match=r"config.yml:4: runner.stop_after_runs: expected a whole number >= 1 "
+                                          r"\(or null for no limit\), got 0"):
+        load_config(path)
+    for value, taken in (("1", 1), ("null", None)):
+        assert load_config(write(tmp_path, f"version: 2\nmode: repo\nrunner:\n  stop_after_runs: {value}\n")
+                           ).runner.stop_after_runs == taken
+    repo = make_repo(tmp_path / "repo", stop_after_runs=0)
+    done = run_car("run", cwd=repo)
+    assert done.returncode == 2 and "runner.stop_after_runs: expected a whole number >= 1" in done.stderr
+    assert '"last_run_id": null' in RepoLayout(repo).state.read_text() and not RepoLayout(repo).runs.exists()

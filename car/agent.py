@@ -22,6 +22,8 @@ TOKEN_VAR = "CAR_RUN_TOKEN"
 # (or a whole message) in one line: cut, an event cannot be read, and its exit code or a BLOCKED: is
 # lost. Memory follows the line as read, not this bound.
 MAX_LINE_BYTES = 8 * 1024 * 1024
+READ_BYTES = 8 * 1024  # one read of the agent's output at most; what a reader holds when the outbox is full
+PART_SECONDS = 1.0  # how often part of a line, still coming, tells the loop the agent is not idle
 SWEEP_GRACE_SECONDS = 1.0  # between the sweep's SIGTERM and its SIGKILL
 # Lines read but not yet logged. At the bound the reader waits, the pipe fills, and the agent waits on
 # its writes: an agent printing faster than car logs (`yes`) is slowed to car's pace, memory stays
@@ -37,6 +39,7 @@ class Event:
     EOF = "eof"          # stdout closed
     EXITED = "exited"    # the leader process ended
     INTERRUPT = "interrupt"  # someone asked to end the run (kill, shutdown)
+    PART = "part"        # part of a line came (a progress bar redrawn with \r): not idle
 
 
 def resolve_binary(binary: str, cwd: Path) -> str:
@@ -130,12 +133,39 @@ class AgentProcess:
         return self.popen.pid
 
     def _read(self) -> None:
+        """Lines as they come, and PART, at most once a second, while only part of one comes: an agent
+        that redraws a progress bar with \r alone is working, and its line may take an hour to end."""
         stdout = self.popen.stdout
         assert stdout is not None
-        for raw in iter(lambda: stdout.readline(MAX_LINE_BYTES), b""):
-            self.items.put_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        part: List[bytes] = []  # the line so far, in the pieces read
+        size, told = 0, 0.0
+        for chunk in iter(lambda: stdout.read1(READ_BYTES), b""):
+            pieces = chunk.split(b"\n")
+            if len(pieces) > 1:
+                self._put(b"".join([*part, pieces[0]]))
+                for raw in pieces[1:-1]:
+                    self._put(raw)
+                part, size = [], 0
+            elif time.monotonic() - told >= PART_SECONDS:
+                self.items.put_event((Event.PART,))
+                told = time.monotonic()
+            if pieces[-1]:
+                part.append(pieces[-1])
+                size += len(pieces[-1])
+                if size >= MAX_LINE_BYTES:  # a line this long reaches the loop in pieces
+                    line = b"".join(part)
+                    self._put(line[:MAX_LINE_BYTES])
+                    rest = line[MAX_LINE_BYTES:]
+                    part, size = ([rest] if rest else []), len(rest)
+        if part:
+            self._put(b"".join(part))
         stdout.close()
         self.items.put_line((Event.EOF,))
+
+    def _put(self, raw: bytes) -> None:
+        """One line (a longer one in pieces of MAX_LINE_BYTES), without its line end."""
+        for at in range(0, max(len(raw), 1), MAX_LINE_BYTES):
+            self.items.put_line(raw[at:at + MAX_LINE_BYTES].decode("utf-8", errors="replace").rstrip("\r"))
 
     def _wait(self) -> None:
         self.popen.wait()

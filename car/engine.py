@@ -458,6 +458,8 @@ class Engine:
                 last_output = self._clock()
                 for line in reader.feed(item):
                     self.log.write(line, run_id)
+            elif item[0] == Event.PART:
+                last_output = self._clock()
             elif item[0] == Event.EOF:
                 eof = True
             elif item[0] == Event.EXITED:

@@ -188,6 +188,7 @@ class HubSupervisor:
             repos = tuple(entries)
             self._listing.mark_published(slots, repos)
         self._end_gone_runs(repos)
+        self._end_unlisted_runs(manifest)
         return repos
 
     def _settle(self, slot: RepoSlot, entry: RepoEntry) -> bool:
@@ -412,6 +413,17 @@ class HubSupervisor:
                 self.log.warning("%s: %s is gone (moved or deleted) while it ran; ending its run",
                                  entry.id, runner.config.root)
                 runner.kill()
+
+    def _end_unlisted_runs(self, manifest: Manifest) -> None:
+        """A repo taken out of the manifest while this hub ran it: end the run. Out of the list, it would
+        go on with nobody watching, and no `kill` of the hub's could name it any more."""
+        listed = {entry.path for entry in manifest.repos}
+        with self._guard:
+            unlisted = [r for path, r in self._runners.items() if path not in listed and r.active]
+        for runner in unlisted:
+            self.log.warning("%s was taken out of %s while it ran; ending its run", runner.config.root,
+                             self.config.manifest_path)
+            runner.kill()
 
     def _flush(self) -> None:
         """Write hub_state.json and hub_cache.bin (atomically) where their content changed."""

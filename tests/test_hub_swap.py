@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -142,3 +143,24 @@ def test_the_hub_api_lists_and_controls_swapped_repos_by_their_directories(
             assert wait_until(ended, 20, "beta listed as ended")["alpha"] == "idle"
         finally:
             running.close()
+
+
+def test_a_running_repo_taken_out_of_the_manifest_has_its_run_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """QA: out of the list (a scan does not add back a directory without .git), its loop ran on unseen
+    and `kill` answered "no repo 'alpha'"; the hub now ends that run, as for a deleted repo."""
+    pidfile = hang_agent(monkeypatch, tmp_path)
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha", "beta")
+    shutil.rmtree(root / "alpha" / ".git")  # so discovery does not add it back
+    config.manifest_path.write_text(MANIFEST.format(a="alpha", b="beta"))
+    with started(config) as hub:
+        hub.run("alpha")
+        pids = agent_and_child(pidfile)
+        config.manifest_path.write_text("version: 1\nrepos:\n- {id: beta, path: beta}\n")
+        hub.scan()
+        assert [r.id for r in hub.snapshot().repos] == ["beta"]
+        assert wait_until(lambda: not any(pid_alive(p) for p in pids), 30, "alpha's agent and its child ended")
+        state = json.loads(RepoLayout(root / "alpha").state.read_text())
+        assert wait_until(lambda: not RepoLayout(root / "alpha").lock.exists(), 30, "alpha's lock released")
+    assert json.loads(RepoLayout(root / "alpha").state.read_text())["stop_reason"] == "killed", state

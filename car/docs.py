@@ -190,19 +190,30 @@ def write_doc(path: Path, content: str, etag: Optional[str] = None) -> Doc:
         raw = None  # nothing to compare with: the write itself says what is wrong (a directory in its place)
     current = "" if raw is None else decode_doc(raw, path)  # a UTF-16 doc is refused, never overwritten
     if etag is not None and etag_of(current) != etag:
-        raise StaleEtag(f"{path.name} changed since it was loaded (etag {etag} is stale, "
-                        f"now {etag_of(current)}); reload it and apply your edit again")
+        raise _stale(path, etag, current)
     content = newlines_as_lf(content)  # as the doc reads back: one etag
     if raw is not None:
         if content == current:
             return Doc(current, etag_of(current))  # unchanged: every byte stays, those it cannot show too
         if "\ufffd" in current:
             _refuse_lossy_save(path, raw)
-    try:
-        write_atomic(path, _in_form_of(raw, content))  # all or nothing: a failed write leaves the doc as it was
+    def unchanged_since_read() -> None:
+        """The agent may write the doc while this save writes and syncs its copy: looked at again last,
+        so that an edit made meanwhile is refused (StaleEtag), not replaced unseen."""
+        now = read_bytes(path)
+        if now != raw:
+            raise _stale(path, etag, "" if now is None else decode_doc(now, path))
+
+    try:  # all or nothing: a failed write leaves the doc as it was
+        write_atomic(path, _in_form_of(raw, content), check=unchanged_since_read if etag is not None else None)
     except OSError as exc:  # an immutable doc, a directory in its place, a full disk
         raise write_error(path, exc) from exc
     return Doc(content, etag_of(content))
+
+
+def _stale(path: Path, etag: Optional[str], current: str) -> StaleEtag:
+    return StaleEtag(f"{path.name} changed since it was loaded (etag {etag} is stale, "
+                     f"now {etag_of(current)}); reload it and apply your edit again")
 
 
 def _refuse_lossy_save(path: Path, raw: bytes) -> None:

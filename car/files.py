@@ -6,16 +6,18 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Type, Union
 
 from car.errors import CarError
 
 
-def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True, exclusive: bool = False) -> None:
+def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True, exclusive: bool = False,
+                 check: Optional[Callable[[], None]] = None) -> None:
     """Write via a temp file in the same dir + os.replace: readers never see half a file.
 
     durable=False skips the fsync, for files a crash makes moot (the lock's updates, the run's prompt).
-    exclusive=True never replaces: FileExistsError if `path` exists (O_EXCL, but never seen empty)."""
+    exclusive=True never replaces: FileExistsError if `path` exists (O_EXCL, but never seen empty).
+    check, called last before the replace, may raise to leave `path` as it is (written meanwhile)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     # the directory is never made here: a repo deleted while car works in it must stay deleted
     # a random name opened O_EXCL: tempfile.mkstemp's way, without importing tempfile (~4 ms)
@@ -36,6 +38,8 @@ def write_atomic(path: Path, data: Union[str, bytes], *, durable: bool = True, e
             os.chmod(tmp, path.stat().st_mode & 0o777)
         else:
             os.chmod(tmp, 0o644)
+        if check is not None:
+            check()
         os.replace(tmp, path)
     except BaseException as exc:
         try:

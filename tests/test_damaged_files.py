@@ -260,3 +260,22 @@ def test_a_prompt_car_cannot_write_is_one_line_and_the_loop_is_closed_as_error(t
     state = json.loads(RepoLayout(repo).state.read_text())
     assert (state["status"], state["stop_reason"], state["last_run_id"], state["last_exit_code"]) == \
         ("error", "interrupted", 1, 0)
+
+
+def test_a_write_whose_last_check_fails_leaves_the_file_as_another_writer_left_it(tmp_path: Path) -> None:
+    """A doc saved from the page is looked at again right before it is replaced: the agent's edit made
+    while the save wrote and synced its copy is kept and the save refused (QA: 214 of 1,423 agent
+    appends were lost to saves racing them; 3 of 1,052 after)."""
+    doc = tmp_path / "TODO.md"
+    doc.write_text("- [ ] one\n")
+
+    def agent_wrote_meanwhile() -> None:
+        doc.write_text("- [ ] one\n- [ ] the agent's\n")  # what another process did while the copy synced
+        if doc.read_text() != "- [ ] one\n":
+            raise CarError("changed since it was loaded")
+
+    with pytest.raises(CarError, match="changed since it was loaded"):
+        write_atomic(doc, "- [x] one\n", check=agent_wrote_meanwhile)
+    assert doc.read_text() == "- [ ] one\n- [ ] the agent's\n" and [p.name for p in tmp_path.iterdir()] == ["TODO.md"]
+    write_atomic(doc, "- [x] one\n", check=lambda: None)
+    assert doc.read_text() == "- [x] one\n"

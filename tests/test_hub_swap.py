@@ -14,7 +14,7 @@ from typing import Any, Iterator, Tuple
 
 import pytest
 
-from car.errors import Conflict
+from car.errors import CarError, Conflict
 from car.hub import HubSupervisor
 from car.layout import RepoLayout
 from car.lock import inspect_lock
@@ -164,3 +164,23 @@ def test_a_running_repo_taken_out_of_the_manifest_has_its_run_ended(tmp_path: Pa
         state = json.loads(RepoLayout(root / "alpha").state.read_text())
         assert wait_until(lambda: not RepoLayout(root / "alpha").lock.exists(), 30, "alpha's lock released")
     assert json.loads(RepoLayout(root / "alpha").state.read_text())["stop_reason"] == "killed", state
+
+
+def test_a_run_goes_by_the_manifest_as_it_is_now_not_as_last_scanned(tmp_path: Path) -> None:
+    """QA: `enabled: false` written while the hub ran, and no scan since: POST run started it anyway."""
+    root = tmp_path / "hub"
+    config = make_hub(root)
+    agent_repos(root, "alpha", "beta")
+    config.manifest_path.write_text(MANIFEST.format(a="alpha", b="beta"))
+    with started(config) as hub:
+        config.manifest_path.write_text("version: 1\nrepos:\n- {id: alpha, path: alpha, enabled: false}\n"
+                                        "- {id: beta, path: beta}\n")
+        with pytest.raises(Conflict, match=r"alpha is disabled \(enabled: false in .*manifest.yml\)"):
+            hub.run("alpha")
+        config.manifest_path.write_text("version: 1\nrepos:\n- {id: beta, path: alpha}\n")
+        with pytest.raises(Conflict, match=r"beta has changed in .*manifest.yml since the last scan; scan"):
+            hub.run("beta")
+        config.manifest_path.write_text("version: 1\nrepos: [\n")
+        with pytest.raises(CarError, match=r"manifest.yml:\d+"):
+            hub.run("beta")
+        assert not RepoLayout(root / "alpha").lock.exists() and not RepoLayout(root / "beta").lock.exists()

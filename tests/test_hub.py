@@ -347,11 +347,15 @@ def test_a_repo_moved_back_while_its_loop_ends_tells_how_that_loop_ended(tmp_pat
         entry = wait_status(hub, "alpha", "idle", "error", "locked")
         state = load_state(RepoLayout(root / "alpha").state)
         assert state.status != "running" and state.runner_pid is None and state.last_run_finished_at
+        hub_log = hub.config.log_path.read_text()
+        closed_by_the_hub = "alpha: the last run's owner died; closed it as interrupted" in hub_log
         if RepoLayout(root / "alpha").lock.exists():
             assert entry.lock_status.value == "locked_stale" and entry.stop_reason == "interrupted"
-        else:  # the loop closed its own state: no owner died
+        elif closed_by_the_hub:  # seen once in CI: the repo came back between the loop's last try at
+            # closing its state (the directory away) and its letting go of the lock; the scan closed the run
+            assert entry.stop_reason == "interrupted"
+        else:  # the loop closed its own state
             assert entry.stop_reason in ("killed", "interrupted")
-            assert "owner died" not in hub.config.log_path.read_text()
 
 
 def test_resume_clears_a_stale_lock_and_never_a_live_one(tmp_path: Path):

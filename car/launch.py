@@ -52,8 +52,8 @@ class QuietStream:
         return getattr(self.stream, name)
 
 
-def _import_cli() -> None:
-    """Import the CLI with the garbage collector off, then freeze what the imports made (issue 5).
+def _run_cli(args: list[str]) -> int:
+    """Run car.cli's main, imported with the garbage collector off; what the imports made is frozen (issue 5).
 
     Importing makes tens of thousands of objects and no garbage worth a collection: the collections
     it set off cost a few ms, and at exit Python's final one went through them all again, ~8 ms of a
@@ -63,10 +63,11 @@ def _import_cli() -> None:
 
     gc.disable()
     try:
-        import car.cli  # noqa: F401
+        from car.cli import main as cli_main  # YAML and the engine cost more than python's own start
     finally:
         gc.freeze()
         gc.enable()
+    return cli_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:  # no typing import: --version starts faster
@@ -77,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:  # no typing import: --version s
         if args == ["--version"]:
             print(f"car {__version__}")
             return 0
-        _import_cli()
-        from car.cli import main as cli_main  # YAML and the engine cost more than python's own start
-
-        return cli_main(args)
+        return _run_cli(args)
     finally:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:

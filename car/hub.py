@@ -298,18 +298,21 @@ class HubSupervisor:
     def runner(self, repo_id: str, starting: bool = False) -> RepoRunner:
         """The one RepoRunner of the directory the id names now (made on first use); Conflict if the repo
         cannot run, or if it is `starting` a loop (run, resume) and the manifest disables it."""
-        # the manifest as it is now, not as the last scan read it: a repo disabled since must not start
-        now = self._manifest_now() if starting else None
+        # a start goes by the manifest as it is now, not as the last scan read it: a repo disabled since
+        # must not start (unchanged bytes give back the listing's own copy)
+        now = (read_manifest(self.config.manifest_path, self.config.root, known=self._listing.manifest)
+               if starting else None)
         with self._guard:
             self._check_open()
             slot = self._listing.slot(repo_id)
-            entry = slot.entry if now is None else next((e for e in now.repos if e.id == repo_id), None)
-            if entry is None or entry.path != slot.entry.path:
-                raise Conflict(f"{repo_id} has changed in {self.config.manifest_path} since the last scan; "
-                               f"scan (the page's Scan, or `car hub scan`), then run it")
-            if starting and not entry.enabled:
-                raise Conflict(f"{repo_id} is disabled (enabled: false in {self.config.manifest_path}); "
-                               f"set it to true to run it")
+            if now is not None:
+                entry = next((e for e in now.repos if e.id == repo_id), None)
+                if entry is None or entry.path != slot.entry.path:
+                    raise Conflict(f"{repo_id} has changed in {self.config.manifest_path} since the last scan; "
+                                   f"scan (the page's Scan, or `car hub scan`), then run it")
+                if not entry.enabled:
+                    raise Conflict(f"{repo_id} is disabled (enabled: false in {self.config.manifest_path}); "
+                                   f"set it to true to run it")
             runner = self._runners.get(slot.entry.path)
             if runner is not None and runner.active:
                 return runner
@@ -331,10 +334,6 @@ class HubSupervisor:
                                 errors=self.log)
             self._runners[slot.entry.path] = runner
             return runner
-
-    def _manifest_now(self) -> Manifest:
-        """The manifest file as it reads now (the listing's own object when its bytes are unchanged)."""
-        return read_manifest(self.config.manifest_path, self.config.root, known=self._listing.manifest)
 
     def run(self, repo_id: str, once: bool = False) -> RepoEntry:
         self.runner(repo_id, starting=True).start(once=once, name=repo_id)
